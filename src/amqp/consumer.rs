@@ -1,0 +1,188 @@
+//! The supervised consumer: connect (with backoff), declare the topology, consume with manual
+//! acks and `amqp.prefetch` deliveries in flight per queue, and start over when the broker
+//! goes away. Reconnection is supervised here rather than by lapin's auto-recovery, so that a
+//! broker restart always ends in a fresh connection, fresh channels and a redeclared topology.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::stream::{SelectAll, StreamExt};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn, Instrument};
+
+use super::publisher::{BrokerLink, Publisher};
+use super::{connection, topology};
+use crate::bridge::{Bridge, Inbound};
+use crate::lanes::TicketLanes;
+use crate::ticket;
+
+/// Runs until `shutdown` is cancelled, then stops consuming, lets in-flight deliveries finish
+/// for up to `shutdown.grace`, and closes the connection (returning what is left unacked).
+pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: CancellationToken) {
+    let settings = bridge.settings.clone();
+    let lanes = Arc::new(TicketLanes::default());
+    let tracker = TaskTracker::new();
+    let mut backoff = reconnect_backoff(&settings.amqp);
+    let name = format!("jelou-bridge {}", bridge.store.instance());
+    while !shutdown.is_cancelled() {
+        let session = tokio::select! {
+            s = open_session(&bridge, &name) => s,
+            _ = shutdown.cancelled() => break,
+        };
+        let Session { conn, publisher, mut consumers, consuming } = match session {
+            Ok(s) => s,
+            Err(e) => {
+                link.set(None);
+                let delay = backoff.next().unwrap_or(settings.amqp.reconnect_max_delay);
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker unavailable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
+        backoff = reconnect_backoff(&settings.amqp);
+        link.set(Some(publisher.clone()));
+        info!(broker = %settings.amqp.redacted_url(), queues = ?settings.amqp.consumed_queues(), prefetch = settings.amqp.prefetch, "consuming");
+        let lost = loop {
+            let next = tokio::select! {
+                next = consumers.next() => next,
+                _ = shutdown.cancelled() => break false,
+            };
+            match next {
+                Some((queue, Ok(delivery))) => dispatch(&bridge, &lanes, &tracker, &publisher, &queue, delivery),
+                Some((queue, Err(e))) => {
+                    error!(queue = %queue, error = %e, "consumer failed; reconnecting");
+                    break true;
+                }
+                None => {
+                    warn!("the broker cancelled the consumers; reconnecting");
+                    break true;
+                }
+            }
+        };
+        link.set(None);
+        if lost {
+            // Deliveries of the lost session cannot be acked any more: the broker gives them
+            // to the next session, where the lanes queue them behind any work still running.
+            let _ = conn.close(320, "reconnecting".into()).await;
+            continue;
+        }
+        stop_consuming(&consuming).await;
+        drain(&tracker, settings.shutdown.grace).await;
+        let _ = conn.close(200, "shutting down".into()).await;
+        return;
+    }
+    link.set(None);
+    drain(&tracker, settings.shutdown.grace).await;
+}
+
+type Consumers = SelectAll<futures_util::stream::BoxStream<'static, (Arc<str>, lapin::Result<lapin::message::Delivery>)>>;
+
+/// One connection's worth of broker state.
+struct Session {
+    conn: Connection,
+    publisher: Publisher,
+    consumers: Consumers,
+    /// The consuming channels and their consumer tags, to cancel at shutdown.
+    consuming: Vec<(Channel, String)>,
+}
+
+async fn open_session(bridge: &Bridge, name: &str) -> anyhow::Result<Session> {
+    let amqp = &bridge.settings.amqp;
+    let conn = connection::connect(amqp, name).await?;
+    let publisher = Publisher::open(&conn, amqp.confirm_timeout).await?;
+    topology::declare(publisher.channel(), amqp, &bridge.settings.retry)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot declare the topology: {e}"))?;
+    let mut consumers = SelectAll::new();
+    let mut consuming = Vec::new();
+    for queue in amqp.consumed_queues() {
+        // One channel per queue, so the prefetch bound holds per queue.
+        let channel = conn.create_channel().await?;
+        channel.basic_qos(amqp.prefetch, BasicQosOptions::default()).await?;
+        let tag = format!("{name} {queue}");
+        let consumer: Consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let queue: Arc<str> = Arc::from(queue.as_str());
+        consumers.push(consumer.map(move |d| (queue.clone(), d)).boxed());
+        consuming.push((channel, tag));
+    }
+    Ok(Session { conn, publisher, consumers, consuming })
+}
+
+/// Decodes in delivery order (so the ticket lanes keep publish order), then spawns the work.
+fn dispatch(
+    bridge: &Arc<Bridge>,
+    lanes: &Arc<TicketLanes>,
+    tracker: &TaskTracker,
+    publisher: &Publisher,
+    queue: &str,
+    delivery: lapin::message::Delivery,
+) {
+    let msg = Inbound::from_delivery(&delivery, queue);
+    let event = ticket::decode(&msg.routing_key, &msg.body, bridge.settings.amqp.max_message_bytes);
+    let ticket_id = match &event {
+        Ok(e) => Some(e.ticket_id().to_string()),
+        Err(invalid) => invalid.ticket_id.clone(),
+    };
+    let mut place = event.as_ref().ok().map(|e| lanes.enter(e.ticket_id()));
+    let span = tracing::info_span!("delivery",
+        ticket_id = ticket_id.as_deref().unwrap_or(""),
+        correlation_id = msg.correlation_id().as_deref().unwrap_or(""),
+        event = %msg.routing_key,
+        parked = msg.parked,
+    );
+    let bridge = bridge.clone();
+    let publisher = publisher.clone();
+    metrics::gauge!("jelou_bridge_inflight_deliveries").increment(1.0);
+    tracker.spawn(
+        async move {
+            if let Some(place) = place.as_mut() {
+                place.wait_turn().await;
+            }
+            let decision = bridge.decide(&event, &msg).await;
+            bridge.settle(&delivery, &msg, decision, &publisher).await;
+            drop(place);
+            metrics::gauge!("jelou_bridge_inflight_deliveries").decrement(1.0);
+        }
+        .instrument(span),
+    );
+}
+
+/// Stops new deliveries; deliveries already received stay unacked on their channels, which
+/// stay open so in-flight work can still ack them.
+async fn stop_consuming(consuming: &[(Channel, String)]) {
+    for (channel, tag) in consuming {
+        if let Err(e) = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
+            warn!(error = %e, "could not cancel a consumer");
+        }
+    }
+}
+
+async fn drain(tracker: &TaskTracker, grace: Duration) {
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(grace_ms = grace.as_millis() as u64, "in-flight work did not finish in time; it goes back to the queue");
+    }
+}
+
+fn reconnect_backoff(amqp: &crate::config::AmqpSettings) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(amqp.reconnect_min_delay)
+        .with_max_delay(amqp.reconnect_max_delay)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

@@ -1,0 +1,177 @@
+//! The daemon assembled: [`Application::build`] opens the store, binds the HTTP listener and
+//! builds the Jelou client; [`Application::run_until_stopped`] runs the consumer, the HTTP
+//! server and the lease keeper until its shutdown token is cancelled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::amqp::{consumer, BrokerLink};
+use crate::bridge::Bridge;
+use crate::config::Settings;
+use crate::http::{self, HealthState};
+use crate::jelou::mock::{MockJelou, MockOptions, WebhookTarget};
+use crate::jelou::JelouClient;
+use crate::store::Store;
+use crate::telemetry;
+use crate::webhook::WebhookState;
+
+pub struct Application {
+    settings: Arc<Settings>,
+    listener: tokio::net::TcpListener,
+    store: Store,
+    link: Arc<BrokerLink>,
+    /// The in-process stand-in for Jelou in sandbox mode; kept alive as long as the app.
+    sandbox: Option<MockJelou>,
+}
+
+impl Application {
+    /// Builds everything that can fail before the daemon starts. `sandbox` starts an
+    /// in-process stand-in for Jelou and points the bridge (and its webhooks) at it.
+    pub async fn build(mut settings: Settings, sandbox: bool) -> anyhow::Result<Application> {
+        let listener = tokio::net::TcpListener::bind(settings.http_listen()?)
+            .await
+            .map_err(|e| anyhow::anyhow!("http.listen: cannot bind {}: {e}", settings.http.listen))?;
+        let http_addr = listener.local_addr()?;
+        let sandbox = if sandbox {
+            Some(start_sandbox(&mut settings, http_addr).await?)
+        } else {
+            None
+        };
+        let instance = format!(
+            "{}-{}",
+            hostname(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let store = Store::connect(&settings.store, instance).await?;
+        Ok(Application {
+            settings: Arc::new(settings),
+            listener,
+            store,
+            link: Arc::new(BrokerLink::default()),
+            sandbox,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The sandbox's stand-in, when running with `--sandbox`.
+    pub fn sandbox(&self) -> Option<&MockJelou> {
+        self.sandbox.as_ref()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let settings = self.settings.clone();
+        let jelou = JelouClient::new(&settings.jelou)?;
+        let bridge = Arc::new(Bridge::new(settings.clone(), jelou, self.store.clone(), shutdown.clone()));
+        info!(
+            instance = self.store.instance(),
+            http = %self.http_addr(),
+            jelou = %settings.jelou.base_url,
+            store = %crate::config::redacted_url(secrecy::ExposeSecret::expose_secret(&settings.store.url)),
+            "jelou-bridge starting"
+        );
+
+        let health = Arc::new(HealthState {
+            link: self.link.clone(),
+            store: self.store.clone(),
+            metrics: telemetry::metrics_handle(),
+        });
+        let webhook = Arc::new(WebhookState {
+            secret: settings.webhook.signing_secret.clone(),
+            store: self.store.clone(),
+            link: self.link.clone(),
+            events_exchange: settings.amqp.events_exchange.clone(),
+        });
+        // The HTTP server outlives the consumer's drain so probes answer during shutdown.
+        let http_stop = CancellationToken::new();
+        let server = axum::serve(self.listener, http::router(health, webhook, settings.http.max_body_bytes))
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned());
+        let server = tokio::spawn(async move { server.await });
+
+        let leases = tokio::spawn(keep_leases(self.store.clone(), settings.store.lease, shutdown.clone()));
+        consumer::run(bridge, self.link.clone(), shutdown).await;
+        leases.abort();
+        http_stop.cancel();
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "HTTP server ended with an error"),
+            Err(e) => warn!(error = %e, "HTTP server task failed"),
+        }
+        self.store.close().await;
+        info!("jelou-bridge stopped");
+        Ok(())
+    }
+}
+
+/// Renews this process's hold on the tickets it works on, a third of a lease at a time.
+async fn keep_leases(store: Store, lease: std::time::Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(lease / 3);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = store.renew_leases().await {
+                    warn!(error = %e, "could not renew ticket leases");
+                }
+            }
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Starts the stand-in for Jelou and points the settings at it; its webhooks come back to
+/// this process, signed with the configured secret or a fresh one.
+async fn start_sandbox(settings: &mut Settings, http_addr: SocketAddr) -> anyhow::Result<MockJelou> {
+    let secret = match &settings.webhook.signing_secret {
+        Some(s) => secrecy::ExposeSecret::expose_secret(s).to_string(),
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    };
+    settings.webhook.signing_secret = Some(SecretString::from(secret.clone()));
+    let webhook_host = if http_addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], http_addr.port()))
+    } else {
+        http_addr
+    };
+    let mock = MockJelou::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        MockOptions {
+            start_path: settings.jelou.start_path.clone(),
+            close_path: settings.jelou.close_path.clone(),
+            webhook: Some(WebhookTarget {
+                url: format!("http://{webhook_host}/webhooks/jelou"),
+                secret,
+            }),
+            record_calls: false,
+            ..MockOptions::default()
+        },
+    )
+    .await?;
+    settings.jelou.base_url = mock.base_url();
+    if settings.jelou.project_id.is_none() {
+        settings.jelou.project_id = Some("sandbox".into());
+    }
+    info!(jelou = %mock.base_url(), "sandbox: Jelou is an in-process stand-in");
+    Ok(mock)
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "bridge".into())
+}

@@ -1,0 +1,527 @@
+//! What happens to one ticket event: decide (store + Jelou), then settle (publish the
+//! outcome, dead-letter or park, and only then ack).
+//!
+//! [`Bridge::decide`] turns a decoded event into a [`Decision`] without touching the broker;
+//! [`Bridge::settle`] carries the decision out on the broker. A delivery is acked only after
+//! everything it leads to was confirmed by the broker; when that fails it is returned to the
+//! queue and, being idempotent, done again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::amqp::publisher::{PublishError, Publisher};
+use crate::amqp::topology::delay_queue;
+use crate::amqp::{header_i64, header_str, headers, set_i64, set_str};
+use crate::config::Settings;
+use crate::events::{Failure, FailureReason, Outcome};
+use crate::jelou::retry::RetryPolicy;
+use crate::jelou::{Endpoint, JelouClient, JelouError};
+use crate::store::{now_ms, CloseClaim, StartClaim, Store};
+use crate::ticket::{self, close_request, start_request, InvalidMessage, TicketEvent, TicketOpened, TicketResolved};
+
+/// How often a delivery waiting on another one's work looks at the store again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// One inbound delivery, with what earlier passes through the bridge wrote on it.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The routing key it was first published with.
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+    /// The queue it was consumed from (parking returns it there).
+    pub source_queue: String,
+    /// Times parked so far.
+    pub parked: i64,
+    /// When the bridge first saw it (ms since the epoch).
+    pub first_seen: i64,
+    /// Jelou calls made for it on earlier passes.
+    pub prior_attempts: u32,
+}
+
+impl Inbound {
+    pub fn from_delivery(delivery: &Delivery, source_queue: &str) -> Inbound {
+        let h = delivery.properties.headers().as_ref();
+        Inbound {
+            routing_key: header_str(h, headers::ORIGINAL_ROUTING_KEY)
+                .unwrap_or_else(|| delivery.routing_key.as_str().to_string()),
+            body: delivery.data.clone(),
+            properties: delivery.properties.clone(),
+            source_queue: source_queue.to_string(),
+            parked: header_i64(h, headers::PARKED).unwrap_or(0),
+            first_seen: header_i64(h, headers::FIRST_SEEN).unwrap_or_else(now_ms),
+            prior_attempts: header_i64(h, headers::ATTEMPTS).unwrap_or(0).max(0) as u32,
+        }
+    }
+
+    /// The inbound `correlation_id`, else its `message_id`.
+    pub fn correlation_id(&self) -> Option<String> {
+        self.properties
+            .correlation_id()
+            .as_ref()
+            .or(self.properties.message_id().as_ref())
+            .map(|s| s.as_str().to_string())
+    }
+
+    pub fn reply_to(&self) -> Option<String> {
+        self.properties
+            .reply_to()
+            .as_ref()
+            .map(|s| s.as_str().to_string())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// What to do with a delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Publish this outcome, then ack.
+    Done(Outcome),
+    /// Publish `ticket.failed`, dead-letter the message, then ack.
+    Failed(Failure),
+    /// Not done yet: park the message in a delay queue, then ack.
+    Park {
+        action: &'static str,
+        error: String,
+        http_status: Option<u16>,
+        attempts: u32,
+        retry_after: Option<Duration>,
+    },
+    /// Shutting down: give it back to the queue untouched.
+    Requeue,
+}
+
+pub struct Bridge {
+    pub settings: Arc<Settings>,
+    pub jelou: JelouClient,
+    pub store: Store,
+    policy: RetryPolicy,
+    /// Cancelled when the process begins to shut down; waits and retries end early.
+    shutdown: CancellationToken,
+}
+
+impl Bridge {
+    pub fn new(settings: Arc<Settings>, jelou: JelouClient, store: Store, shutdown: CancellationToken) -> Bridge {
+        Bridge {
+            policy: RetryPolicy::from(&settings.retry),
+            settings,
+            jelou,
+            store,
+            shutdown,
+        }
+    }
+
+    /// Decides what one decoded delivery leads to.
+    pub async fn decide(&self, event: &Result<TicketEvent, InvalidMessage>, msg: &Inbound) -> Decision {
+        let decision = match event {
+            Err(invalid) => Decision::Failed(Failure {
+                ticket_id: invalid.ticket_id.clone(),
+                action: invalid.kind.map(ticket::EventKind::action),
+                reason: FailureReason::InvalidMessage,
+                http_status: None,
+                error: invalid.detail.clone(),
+                response: None,
+                attempts: msg.prior_attempts,
+            }),
+            Ok(TicketEvent::Opened(t)) => self.opened(t, msg).await,
+            Ok(TicketEvent::Resolved(t)) => self.resolved(t, msg).await,
+        };
+        self.within_budget(decision, event, msg)
+    }
+
+    /// A park past the total budget becomes `retries_exhausted`.
+    fn within_budget(&self, decision: Decision, event: &Result<TicketEvent, InvalidMessage>, msg: &Inbound) -> Decision {
+        let Decision::Park { action, error, http_status, attempts, .. } = &decision else {
+            return decision;
+        };
+        let elapsed = Duration::from_millis((now_ms() - msg.first_seen).max(0) as u64);
+        if elapsed < self.settings.retry.total_budget {
+            return decision;
+        }
+        Decision::Failed(Failure {
+            ticket_id: event.as_ref().ok().map(|e| e.ticket_id().to_string()),
+            action: Some(action),
+            reason: FailureReason::RetriesExhausted,
+            http_status: *http_status,
+            error: format!("gave up after {} of retries: {error}", humantime::format_duration(Duration::from_secs(elapsed.as_secs()))),
+            response: None,
+            attempts: *attempts,
+        })
+    }
+
+    async fn opened(&self, t: &TicketOpened, msg: &Inbound) -> Decision {
+        let req = match start_request(t, &self.settings) {
+            Ok(req) => req,
+            Err(missing) => return invalid(&t.ticket_id, "start", &missing.0, msg),
+        };
+        let waited = Instant::now();
+        loop {
+            match self.store.claim_start(&t.ticket_id, &req.bot_id, &req.user_id).await {
+                Err(e) => return park_store("start", e, msg),
+                Ok(StartClaim::Claimed) => break,
+                Ok(StartClaim::AlreadyStarted(r)) => {
+                    info!(conversation_id = r.conversation_id.as_deref(), "ticket already started: no second start call");
+                    metrics::counter!("jelou_bridge_duplicates_absorbed_total", "event" => "ticket.opened").increment(1);
+                    return Decision::Done(Outcome::started(
+                        &t.ticket_id,
+                        r.conversation_id.as_deref().unwrap_or_default(),
+                        r.bot_id.as_deref().unwrap_or(&req.bot_id),
+                        r.user_id.as_deref().unwrap_or(&req.user_id),
+                    ));
+                }
+                Ok(StartClaim::Busy(_)) => {
+                    if waited.elapsed() >= self.settings.store.unknown_ticket_wait {
+                        return park("start", "another bridge process is starting this ticket".into(), None, msg.prior_attempts, None);
+                    }
+                    if !self.pause().await {
+                        return Decision::Requeue;
+                    }
+                }
+            }
+        }
+        let attempted = self.policy.run(Endpoint::Start, &self.shutdown, || self.jelou.start(&req)).await;
+        let attempts = msg.prior_attempts + attempted.attempts;
+        match attempted.result {
+            Ok(started) => {
+                let conversation_id = match self.store.finish_start(&t.ticket_id, &started.conversation_id).await {
+                    Ok(record) => {
+                        let stored = record.conversation_id.unwrap_or_else(|| started.conversation_id.clone());
+                        if stored != started.conversation_id {
+                            warn!(stored = %stored, ours = %started.conversation_id,
+                                "another process recorded a conversation for this ticket first");
+                        }
+                        stored
+                    }
+                    Err(e) => {
+                        // The conversation exists: report it. Only a duplicate of this message
+                        // could now start a second one.
+                        error!(error = %e, "conversation started but the store could not record it");
+                        started.conversation_id.clone()
+                    }
+                };
+                info!(conversation_id = %conversation_id, attempts, "conversation started");
+                Decision::Done(Outcome::started(&t.ticket_id, &conversation_id, &req.bot_id, &req.user_id))
+            }
+            Err(JelouError::Shutdown) => {
+                self.release(&t.ticket_id, None).await;
+                Decision::Requeue
+            }
+            Err(e) if e.is_retryable() => {
+                self.release(&t.ticket_id, Some(&e.to_string())).await;
+                park("start", e.to_string(), e.http_status(), attempts, e.retry_after())
+            }
+            Err(e) => {
+                if let Err(se) = self.store.fail_start(&t.ticket_id, &e.to_string()).await {
+                    warn!(error = %se, "could not record the failed start");
+                }
+                rejected("start", &t.ticket_id, &e, attempts)
+            }
+        }
+    }
+
+    async fn resolved(&self, t: &TicketResolved, msg: &Inbound) -> Decision {
+        let waited = Instant::now();
+        let record = loop {
+            let claim = match self.store.claim_close(&t.ticket_id).await {
+                Ok(c) => c,
+                Err(e) => return park_store("close", e, msg),
+            };
+            let patience_left = waited.elapsed() < self.settings.store.unknown_ticket_wait;
+            match claim {
+                CloseClaim::Claimed(r) => break r,
+                CloseClaim::AlreadyClosed(r) => {
+                    info!(conversation_id = r.conversation_id.as_deref(), "ticket already closed: no second close call");
+                    metrics::counter!("jelou_bridge_duplicates_absorbed_total", "event" => "ticket.resolved").increment(1);
+                    return Decision::Done(Outcome::closed(&t.ticket_id, r.conversation_id.as_deref(), r.ended_reason.as_deref()));
+                }
+                CloseClaim::StartFailed(r) => {
+                    return Decision::Failed(Failure {
+                        ticket_id: Some(t.ticket_id.clone()),
+                        action: Some("close"),
+                        reason: FailureReason::UnknownTicket,
+                        http_status: None,
+                        error: format!(
+                            "the ticket's conversation was never started ({})",
+                            r.last_error.as_deref().unwrap_or("its start failed")
+                        ),
+                        response: None,
+                        attempts: msg.prior_attempts,
+                    });
+                }
+                CloseClaim::Pending(r) if !patience_left => {
+                    let what = if r.state == crate::store::TicketState::Starting {
+                        "waiting for the ticket's start to complete"
+                    } else {
+                        "another bridge process is closing this ticket"
+                    };
+                    return park("close", what.into(), None, msg.prior_attempts, None);
+                }
+                CloseClaim::Unknown if !patience_left => {
+                    let bot = t.bot_id.as_deref().or(self.settings.jelou.bot_id.as_deref());
+                    match (bot, t.user_id.as_deref()) {
+                        (Some(bot), Some(user)) => match self.store.claim_close_unknown(&t.ticket_id, bot, user).await {
+                            Ok(CloseClaim::Claimed(r)) => break r,
+                            Ok(_) => continue,
+                            Err(e) => return park_store("close", e, msg),
+                        },
+                        _ => {
+                            return Decision::Failed(Failure {
+                                ticket_id: Some(t.ticket_id.clone()),
+                                action: Some("close"),
+                                reason: FailureReason::UnknownTicket,
+                                http_status: None,
+                                error: format!(
+                                    "the bridge never started this ticket and the message gives no userId/botId (waited {})",
+                                    humantime::format_duration(self.settings.store.unknown_ticket_wait)
+                                ),
+                                response: None,
+                                attempts: msg.prior_attempts,
+                            });
+                        }
+                    }
+                }
+                CloseClaim::Pending(_) | CloseClaim::Unknown => {
+                    if !self.pause().await {
+                        return Decision::Requeue;
+                    }
+                }
+            }
+        };
+        let req = match close_request(t, record.bot_id.as_deref(), record.user_id.as_deref(), &self.settings) {
+            Ok(req) => req,
+            Err(missing) => {
+                let _ = self.store.fail_close(&t.ticket_id, &missing.0).await;
+                return invalid(&t.ticket_id, "close", &missing.0, msg);
+            }
+        };
+        let attempted = self.policy.run(Endpoint::Close, &self.shutdown, || self.jelou.close(&req)).await;
+        let attempts = msg.prior_attempts + attempted.attempts;
+        match attempted.result {
+            Ok(closed) => {
+                let conversation_id = closed.conversation_id.or(record.conversation_id);
+                let stored = self
+                    .store
+                    .finish_close(&t.ticket_id, conversation_id.as_deref(), closed.ended_reason.as_deref())
+                    .await;
+                if let Err(e) = &stored {
+                    error!(error = %e, "conversation closed but the store could not record it");
+                }
+                let ended = closed.ended_reason.or_else(|| stored.ok().and_then(|r| r.ended_reason));
+                info!(conversation_id = conversation_id.as_deref(), attempts, "conversation closed");
+                Decision::Done(Outcome::closed(&t.ticket_id, conversation_id.as_deref(), ended.as_deref()))
+            }
+            Err(JelouError::Shutdown) => {
+                self.release(&t.ticket_id, None).await;
+                Decision::Requeue
+            }
+            Err(e) if e.is_retryable() => {
+                self.release(&t.ticket_id, Some(&e.to_string())).await;
+                park("close", e.to_string(), e.http_status(), attempts, e.retry_after())
+            }
+            Err(e) => {
+                if let Err(se) = self.store.fail_close(&t.ticket_id, &e.to_string()).await {
+                    warn!(error = %se, "could not record the failed close");
+                }
+                rejected("close", &t.ticket_id, &e, attempts)
+            }
+        }
+    }
+
+    async fn release(&self, ticket_id: &str, error: Option<&str>) {
+        if let Err(e) = self.store.release(ticket_id, error).await {
+            warn!(error = %e, "could not release the ticket (its lease will expire)");
+        }
+    }
+
+    /// Waits a poll interval; false when shutdown began.
+    async fn pause(&self) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => true,
+            _ = self.shutdown.cancelled() => false,
+        }
+    }
+
+    /// Carries a decision out on the broker and acks, nacks or requeues the delivery.
+    pub async fn settle(&self, delivery: &Delivery, msg: &Inbound, decision: Decision, publisher: &Publisher) {
+        let event = EventLabel::of(msg);
+        let result = match decision {
+            Decision::Done(outcome) => {
+                let label = if outcome.routing_key == crate::events::CONVERSATION_STARTED { "started" } else { "closed" };
+                self.publish_outcome(publisher, &outcome, msg).await.map(|_| label)
+            }
+            Decision::Failed(failure) => self.fail(publisher, &failure, msg).await.map(|_| "failed"),
+            Decision::Park { action, error, http_status, attempts, retry_after } => {
+                self.park(publisher, msg, action, &error, http_status, attempts, retry_after).await.map(|_| "parked")
+            }
+            Decision::Requeue => {
+                metrics::counter!("jelou_bridge_ticket_events_total", "event" => event.0, "outcome" => "requeued").increment(1);
+                if let Err(e) = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await {
+                    debug!(error = %e, "could not return the delivery (the broker will redeliver it)");
+                }
+                return;
+            }
+        };
+        match result {
+            Ok(outcome) => {
+                metrics::counter!("jelou_bridge_ticket_events_total", "event" => event.0, "outcome" => outcome).increment(1);
+                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    warn!(error = %e, "could not ack (the broker will redeliver; the store absorbs it)");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "could not publish the outcome; returning the delivery to the queue");
+                metrics::counter!("jelou_bridge_ticket_events_total", "event" => event.0, "outcome" => "requeued").increment(1);
+                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            }
+        }
+    }
+
+    /// Publishes on the events exchange and, when asked for, to `reply_to`.
+    async fn publish_outcome(&self, publisher: &Publisher, outcome: &Outcome, msg: &Inbound) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(&outcome.body).unwrap_or_default();
+        let props = outcome_properties(outcome, msg.correlation_id());
+        let main = publisher.publish(&self.settings.amqp.events_exchange, &outcome.routing_key, &body, props.clone(), false);
+        match msg.reply_to() {
+            None => main.await,
+            Some(reply_to) => {
+                let reply = publisher.publish("", &reply_to, &body, props, true);
+                let (main, reply) = tokio::join!(main, reply);
+                if let Err(e) = reply {
+                    // A vanished reply queue must not hold the ticket back: the outcome is on
+                    // the events exchange either way.
+                    warn!(reply_to = %reply_to, error = %e, "could not deliver the outcome to reply_to");
+                }
+                main
+            }
+        }
+    }
+
+    /// `ticket.failed`, then the message into the dead-letter queue with the reason on it.
+    async fn fail(&self, publisher: &Publisher, failure: &Failure, msg: &Inbound) -> Result<(), PublishError> {
+        warn!(reason = failure.reason.as_str(), http_status = failure.http_status, error = %failure.error, "ticket event failed");
+        self.publish_outcome(publisher, &Outcome::failed(failure), msg).await?;
+        let mut table = msg.properties.headers().clone().unwrap_or_default();
+        set_str(&mut table, headers::REASON, failure.reason.as_str());
+        set_str(&mut table, headers::ERROR, &failure.error);
+        if let Some(status) = failure.http_status {
+            set_i64(&mut table, headers::HTTP_STATUS, i64::from(status));
+        }
+        set_str(&mut table, headers::SOURCE_QUEUE, &msg.source_queue);
+        set_str(&mut table, headers::ORIGINAL_ROUTING_KEY, &msg.routing_key);
+        set_i64(&mut table, headers::DEAD_AT, now_ms());
+        set_i64(&mut table, headers::FIRST_SEEN, msg.first_seen);
+        set_i64(&mut table, headers::ATTEMPTS, i64::from(failure.attempts));
+        if let Some(t) = &failure.ticket_id {
+            set_str(&mut table, headers::TICKET_ID, t);
+        }
+        let props = msg.properties.clone().with_headers(table).with_delivery_mode(2);
+        publisher
+            .publish(&self.settings.amqp.dead_letter_exchange(), &msg.routing_key, &msg.body, props, true)
+            .await?;
+        metrics::counter!("jelou_bridge_dead_letters_total", "reason" => failure.reason.as_str()).increment(1);
+        Ok(())
+    }
+
+    /// Into the delay queue of the tier this park reaches; it dead-letters back by itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn park(
+        &self,
+        publisher: &Publisher,
+        msg: &Inbound,
+        action: &str,
+        error: &str,
+        http_status: Option<u16>,
+        attempts: u32,
+        retry_after: Option<Duration>,
+    ) -> Result<(), PublishError> {
+        let delays = &self.settings.retry.delays;
+        let tier = retry_after
+            .and_then(|ra| delays.iter().find(|d| **d >= ra))
+            .unwrap_or(&delays[(msg.parked.max(0) as usize).min(delays.len() - 1)]);
+        let queue = delay_queue(&msg.source_queue, *tier);
+        let mut table = msg.properties.headers().clone().unwrap_or_default();
+        set_i64(&mut table, headers::PARKED, msg.parked + 1);
+        set_i64(&mut table, headers::FIRST_SEEN, msg.first_seen);
+        set_i64(&mut table, headers::ATTEMPTS, i64::from(attempts));
+        set_str(&mut table, headers::LAST_ERROR, error);
+        set_str(&mut table, headers::ORIGINAL_ROUTING_KEY, &msg.routing_key);
+        if let Some(status) = http_status {
+            set_i64(&mut table, headers::HTTP_STATUS, i64::from(status));
+        }
+        let props = msg.properties.clone().with_headers(table).with_delivery_mode(2);
+        publisher.publish("", &queue, &msg.body, props, true).await?;
+        info!(action, delay = %humantime::format_duration(*tier), parked = msg.parked + 1, error, "parked in the delay queue");
+        metrics::counter!("jelou_bridge_parked_total", "action" => action.to_string()).increment(1);
+        Ok(())
+    }
+}
+
+/// The event label of a delivery for metrics, from its routing key.
+struct EventLabel(&'static str);
+
+impl EventLabel {
+    fn of(msg: &Inbound) -> Self {
+        EventLabel(match ticket::EventKind::parse(&msg.routing_key) {
+            Some(k) => k.as_str(),
+            None => "unknown",
+        })
+    }
+}
+
+fn outcome_properties(outcome: &Outcome, correlation_id: Option<String>) -> BasicProperties {
+    let mut table = FieldTable::default();
+    if let Some(t) = &outcome.ticket_id {
+        set_str(&mut table, headers::TICKET_ID, t);
+    }
+    let mut props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(uuid::Uuid::new_v4().to_string().into())
+        .with_timestamp((now_ms() / 1000) as u64)
+        .with_app_id("jelou-bridge".into())
+        .with_headers(table);
+    if let Some(c) = correlation_id {
+        props = props.with_correlation_id(c.into());
+    }
+    props
+}
+
+fn invalid(ticket_id: &str, action: &'static str, detail: &str, msg: &Inbound) -> Decision {
+    Decision::Failed(Failure {
+        ticket_id: Some(ticket_id.to_string()),
+        action: Some(action),
+        reason: FailureReason::InvalidMessage,
+        http_status: None,
+        error: detail.to_string(),
+        response: None,
+        attempts: msg.prior_attempts,
+    })
+}
+
+fn rejected(action: &'static str, ticket_id: &str, e: &JelouError, attempts: u32) -> Decision {
+    Decision::Failed(Failure {
+        ticket_id: Some(ticket_id.to_string()),
+        action: Some(action),
+        reason: FailureReason::Rejected,
+        http_status: e.http_status(),
+        error: e.to_string(),
+        response: e.raw_body().map(str::to_string),
+        attempts,
+    })
+}
+
+fn park(action: &'static str, error: String, http_status: Option<u16>, attempts: u32, retry_after: Option<Duration>) -> Decision {
+    Decision::Park { action, error, http_status, attempts, retry_after }
+}
+
+fn park_store(action: &'static str, e: crate::store::StoreError, msg: &Inbound) -> Decision {
+    warn!(error = %e, "ticket store unavailable; parking the message");
+    park(action, e.to_string(), None, msg.prior_attempts, None)
+}

@@ -1,0 +1,259 @@
+//! The commands. Exit codes: 0 ok, 1 operational failure, 2 usage or configuration error.
+
+mod dlq;
+mod publish;
+mod tickets;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Application;
+use crate::config::{ConfigError, Settings, Sources};
+use crate::jelou::mock::{MockJelou, MockOptions, WebhookTarget};
+use crate::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(name = "jelou-bridge", version, about = "Bridges helpdesk ticket events on RabbitMQ to Jelou's external-support API, and Jelou's webhooks back onto the bus.")]
+pub struct Cli {
+    /// A configuration file layered over config/default.toml and config/$JELOU_BRIDGE_ENV.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground until SIGINT/SIGTERM, then shut down gracefully.
+    Run {
+        /// Use an in-process stand-in for Jelou: try the bridge without credentials.
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// Print the effective configuration, secrets redacted; exit 2 if it is broken.
+    CheckConfig {
+        /// Also check that the broker, the store and Jelou's base URL can be reached.
+        #[arg(long)]
+        probe: bool,
+        /// Check as `run --sandbox` would (Jelou credentials not required).
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// Send a sample ticket event to the helpdesk exchange and wait for its outcome.
+    Publish(publish::PublishArgs),
+    /// Inspect and replay dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
+    /// What the store knows of tickets.
+    Tickets {
+        #[command(subcommand)]
+        command: tickets::TicketsCommand,
+    },
+    /// Run a local stand-in for Jelou's start and close endpoints.
+    MockJelou(MockArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// Delay added to every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Share of calls (0.0–1.0) answered with --fail-status.
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Status of injected failures.
+    #[arg(long, default_value_t = 503)]
+    fail_status: u16,
+    /// Require this x-api-key.
+    #[arg(long, env = "MOCK_JELOU_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Send Jelou-style signed webhooks (conversation.start/close) to this URL.
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// Key for signing those webhooks.
+    #[arg(long, env = "MOCK_JELOU_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+}
+
+/// Runs the command line; the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("jelou-bridge: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+/// Loads the settings or says, in one line, which key is wrong.
+fn load(config: &Option<PathBuf>, sandbox: bool) -> Result<Settings, ExitCode> {
+    Settings::load(&Sources::from_process(config.clone()), sandbox).map_err(|e: ConfigError| {
+        eprintln!("jelou-bridge: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let settings = match &cli.command {
+        Command::MockJelou(_) => Settings::defaults(),
+        Command::Run { sandbox } | Command::CheckConfig { sandbox, .. } => match load(&cli.config, *sandbox) {
+            Ok(s) => s,
+            Err(code) => return code,
+        },
+        _ => match load(&cli.config, true) {
+            Ok(s) => s,
+            Err(code) => return code,
+        },
+    };
+    telemetry::init_logging(&settings.log);
+    let result = match cli.command {
+        Command::Run { sandbox } => run(settings, sandbox).await,
+        Command::CheckConfig { probe, .. } => check_config(&settings, probe).await,
+        Command::Publish(args) => publish::run(&settings, args).await,
+        Command::Dlq { command } => dlq::run(&settings, command).await,
+        Command::Tickets { command } => tickets::run(&settings, command).await,
+        Command::MockJelou(args) => mock_jelou(&settings, args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("jelou-bridge: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(settings: Settings, sandbox: bool) -> anyhow::Result<ExitCode> {
+    let app = Application::build(settings, sandbox).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    app.run_until_stopped(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM; a second signal exits at once.
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("signal received: stopping (a second signal exits at once)");
+    shutdown.cancel();
+    wait_for_signal().await;
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn check_config(settings: &Settings, probe: bool) -> anyhow::Result<ExitCode> {
+    print!("{}", settings.to_redacted_toml());
+    if !probe {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut ok = true;
+    let mut report = |name: &str, result: Result<String, String>| match result {
+        Ok(detail) => println!("# probe {name}: ok ({detail})"),
+        Err(e) => {
+            ok = false;
+            println!("# probe {name}: FAILED: {e}");
+        }
+    };
+    let broker = tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::amqp::connection::connect(&settings.amqp, "jelou-bridge check-config"),
+    )
+    .await;
+    report(
+        "broker",
+        match broker {
+            Ok(Ok(conn)) => {
+                let _ = conn.close(200, "probe done".into()).await;
+                Ok(settings.amqp.redacted_url())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 10s".into()),
+        },
+    );
+    let store = async {
+        let store = crate::store::Store::connect(&settings.store, "check-config".into()).await?;
+        store.ping().await?;
+        store.close().await;
+        Ok::<_, crate::store::StoreError>(())
+    };
+    report(
+        "store",
+        match tokio::time::timeout(Duration::from_secs(10), store).await {
+            Ok(Ok(())) => Ok(crate::config::redacted_url(secrecy::ExposeSecret::expose_secret(&settings.store.url))),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 10s".into()),
+        },
+    );
+    let http = reqwest::Client::builder()
+        .timeout(settings.jelou.timeout)
+        .connect_timeout(settings.jelou.connect_timeout)
+        .build()?;
+    report(
+        "jelou",
+        match http.get(&settings.jelou.base_url).send().await {
+            // Any HTTP answer means the host is reachable; the API itself needs credentials.
+            Ok(resp) => Ok(format!("{} answered HTTP {}", settings.jelou.base_url, resp.status().as_u16())),
+            Err(e) => Err(format!("{}: {}", settings.jelou.base_url, crate::jelou::client::error_chain(&e))),
+        },
+    );
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn mock_jelou(settings: &Settings, args: MockArgs) -> anyhow::Result<ExitCode> {
+    let webhook = match (args.webhook_url, args.webhook_secret) {
+        (Some(url), Some(secret)) => Some(WebhookTarget { url, secret }),
+        (Some(_), None) => anyhow::bail!("--webhook-url needs --webhook-secret"),
+        _ => None,
+    };
+    let mock = MockJelou::start(
+        args.listen,
+        MockOptions {
+            start_path: settings.jelou.start_path.clone(),
+            close_path: settings.jelou.close_path.clone(),
+            latency: Duration::from_millis(args.latency_ms),
+            fail_rate: args.fail_rate.clamp(0.0, 1.0),
+            fail_status: args.fail_status,
+            api_key: args.api_key,
+            basic: None,
+            webhook,
+            record_calls: false,
+        },
+    )
+    .await?;
+    tracing::info!(listen = %mock.addr(), base_url = %mock.base_url(), "mock-jelou serving Jelou's start and close endpoints");
+    println!("mock-jelou listening on {} (set jelou.base_url = \"{}\")", mock.addr(), mock.base_url());
+    let stop = CancellationToken::new();
+    tokio::spawn(stop_on_signal(stop.clone()));
+    stop.cancelled().await;
+    mock.stop();
+    Ok(ExitCode::SUCCESS)
+}

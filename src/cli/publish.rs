@@ -1,0 +1,151 @@
+//! `jelou-bridge publish`: a well-formed sample ticket event, and its outcome.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use serde_json::{json, Value};
+
+use crate::amqp::connection;
+use crate::amqp::publisher::{PublishError, Publisher};
+use crate::config::Settings;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Kind {
+    Opened,
+    Resolved,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// Which event to send.
+    #[arg(value_enum)]
+    kind: Kind,
+    /// Ticket id.
+    #[arg(long)]
+    ticket: String,
+    /// Jelou user id (required for opened).
+    #[arg(long)]
+    user: Option<String>,
+    /// Jelou bot id (defaults to jelou.bot_id, or "sandbox-bot").
+    #[arg(long)]
+    bot: Option<String>,
+    /// Jelou queue to assign (opened).
+    #[arg(long)]
+    queue: Option<String>,
+    /// initialMessage (opened) or closingMessage (resolved).
+    #[arg(long)]
+    text: Option<String>,
+    /// How long to wait for the outcome.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Send and exit without waiting.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let bot = args
+        .bot
+        .clone()
+        .or_else(|| settings.jelou.bot_id.clone())
+        .unwrap_or_else(|| "sandbox-bot".into());
+    let (routing_key, body) = match args.kind {
+        Kind::Opened => {
+            let Some(user) = &args.user else {
+                eprintln!("jelou-bridge: publish opened needs --user");
+                return Ok(ExitCode::from(2));
+            };
+            let mut body = json!({"ticketId": args.ticket, "userId": user, "botId": bot});
+            if let Some(q) = &args.queue {
+                body["queue"] = json!(q);
+            }
+            if let Some(t) = &args.text {
+                body["initialMessage"] = json!(t);
+            }
+            ("ticket.opened", body)
+        }
+        Kind::Resolved => {
+            let mut body = json!({"ticketId": args.ticket});
+            if let Some(u) = &args.user {
+                body["userId"] = json!(u);
+                body["botId"] = json!(bot);
+            }
+            if let Some(t) = &args.text {
+                body["closingMessage"] = json!(t);
+            }
+            ("ticket.resolved", body)
+        }
+    };
+    let conn = connection::connect(&settings.amqp, "jelou-bridge publish").await?;
+    let publisher = Publisher::open(&conn, settings.amqp.confirm_timeout).await?;
+    // A private, server-named reply queue: the bridge sends the outcome there too.
+    let replies = conn.create_channel().await?;
+    let reply_queue = replies
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = replies
+        .basic_consume(
+            reply_queue.name().clone(),
+            "jelou-bridge publish".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    let correlation_id = uuid::Uuid::new_v4().to_string();
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(uuid::Uuid::new_v4().to_string().into())
+        .with_correlation_id(correlation_id.as_str().into())
+        .with_reply_to(reply_queue.name().clone());
+    let payload = serde_json::to_vec(&body)?;
+    match publisher.publish(&settings.amqp.exchange, routing_key, &payload, props, true).await {
+        Ok(()) => {}
+        Err(PublishError::Returned(_)) => {
+            eprintln!(
+                "jelou-bridge: no queue is bound to exchange {:?} for {routing_key}: start the bridge once so it declares its topology",
+                settings.amqp.exchange
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => anyhow::bail!("cannot publish to exchange {:?}: {e}", settings.amqp.exchange),
+    }
+    println!("published {routing_key} {body} (correlation_id {correlation_id})");
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("waiting up to {} for the outcome…", humantime::format_duration(args.timeout));
+    let deadline = Instant::now() + args.timeout;
+    loop {
+        let next = tokio::time::timeout_at(deadline.into(), consumer.next()).await;
+        let delivery = match next {
+            Err(_) => {
+                eprintln!(
+                    "jelou-bridge: no outcome within {}: is `jelou-bridge run` consuming {:?}? (`jelou-bridge dlq list` shows failures)",
+                    humantime::format_duration(args.timeout),
+                    settings.amqp.queue
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Ok(None) => anyhow::bail!("the reply queue was closed"),
+            Ok(Some(d)) => d?,
+        };
+        let same = delivery.properties.correlation_id().as_ref().map(|c| c.as_str()) == Some(correlation_id.as_str());
+        if !same {
+            continue;
+        }
+        let outcome: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+        let _ = conn.close(200, "done".into()).await;
+        let failed = outcome.get("event").and_then(Value::as_str) == Some("ticket.failed");
+        return Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS });
+    }
+}

@@ -1,0 +1,699 @@
+//! Typed settings, loaded in the contract's layers and checked before anything starts.
+//!
+//! Layers, later wins: the compiled-in `config/default.toml` → `config/default.toml` and
+//! `config/{JELOU_BRIDGE_ENV}.toml` in the working directory → `--config FILE` →
+//! `JELOU_BRIDGE__SECTION__KEY` environment variables. Secrets are [`SecretString`]s: they
+//! print as `[redacted]` in `check-config` and never reach a log line.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The repository's `config/default.toml`, compiled in so the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// What a secret looks like in `check-config` output.
+const REDACTED: &str = "[redacted]";
+
+/// A configuration that cannot run: one line naming the key and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {key}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub jelou: JelouSettings,
+    pub retry: RetrySettings,
+    pub routing: RoutingSettings,
+    pub close: CloseSettings,
+    pub store: StoreSettings,
+    pub http: HttpSettings,
+    pub webhook: WebhookSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AmqpSettings {
+    #[serde(serialize_with = "redact_url")]
+    pub url: SecretString,
+    pub exchange: String,
+    pub queue: String,
+    pub binding_keys: Vec<String>,
+    pub events_exchange: String,
+    pub prefetch: u16,
+    pub queue_type: QueueType,
+    pub delivery_limit: u32,
+    pub declare_topology: bool,
+    pub consume_queues: Vec<String>,
+    pub max_message_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    pub ca_file: String,
+    pub client_cert_file: String,
+    pub client_key_file: String,
+}
+
+impl AmqpSettings {
+    /// The queues this process consumes: `consume_queues`, or just `queue`.
+    pub fn consumed_queues(&self) -> Vec<String> {
+        if self.consume_queues.is_empty() {
+            vec![self.queue.clone()]
+        } else {
+            self.consume_queues.clone()
+        }
+    }
+
+    /// Where dead letters are published: `<queue>.dlx`, bound to `<queue>.dead`.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.queue)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.queue)
+    }
+
+    /// The broker URL with its password replaced, for logs and errors.
+    pub fn redacted_url(&self) -> String {
+        redacted_url(self.url.expose_secret())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JelouAuth {
+    ApiKey,
+    Basic,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct JelouSettings {
+    pub base_url: String,
+    pub start_path: String,
+    pub close_path: String,
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default, serialize_with = "redact_opt")]
+    pub api_key: Option<SecretString>,
+    #[serde(default)]
+    pub bot_id: Option<String>,
+    pub auth: JelouAuth,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default, serialize_with = "redact_opt")]
+    pub client_secret: Option<SecretString>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub min_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    pub factor: f32,
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    #[serde(deserialize_with = "durations", serialize_with = "durations_out")]
+    pub delays: Vec<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub total_budget: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RoutingSettings {
+    pub default_queue: String,
+    #[serde(default)]
+    pub rules: Vec<RoutingRule>,
+}
+
+/// `field` (a dotted path into the `ticket.opened` body) equal to one of `equals` → `queue`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RoutingRule {
+    pub field: String,
+    pub equals: OneOrMany,
+    pub queue: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn contains(&self, value: &str) -> bool {
+        match self {
+            OneOrMany::One(v) => v == value,
+            OneOrMany::Many(vs) => vs.iter().any(|v| v == value),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CloseSettings {
+    pub default_text: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StoreSettings {
+    #[serde(serialize_with = "redact_url")]
+    pub url: SecretString,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub unknown_ticket_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HttpSettings {
+    pub listen: String,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WebhookSettings {
+    #[serde(default, serialize_with = "redact_opt")]
+    pub signing_secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ShutdownSettings {
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+/// Where the layers come from; tests pass their own instead of touching the process env.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// Directory holding `config/`; `None` reads the working directory.
+    pub dir: Option<std::path::PathBuf>,
+    /// `JELOU_BRIDGE_ENV`.
+    pub env_name: Option<String>,
+    /// `--config FILE`.
+    pub file: Option<std::path::PathBuf>,
+    /// `JELOU_BRIDGE__…` variables, as `(name, value)`.
+    pub vars: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The sources a started process has: its working directory and environment.
+    pub fn from_process(file: Option<std::path::PathBuf>) -> Self {
+        Self {
+            dir: None,
+            env_name: std::env::var("JELOU_BRIDGE_ENV").ok(),
+            file,
+            vars: std::env::vars()
+                .filter(|(k, _)| k.starts_with("JELOU_BRIDGE__"))
+                .collect(),
+        }
+    }
+}
+
+/// Variables whose value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["amqp.binding_keys", "amqp.consume_queues", "retry.delays"];
+
+impl Settings {
+    /// Loads every layer and checks the result. `sandbox` relaxes what the sandbox supplies.
+    pub fn load(sources: &Sources, sandbox: bool) -> Result<Settings, ConfigError> {
+        let dir = sources.dir.clone().unwrap_or_default();
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .add_source(config::File::from(dir.join("config/default.toml")).required(false));
+        if let Some(env_name) = sources.env_name.as_deref().filter(|e| !e.is_empty()) {
+            builder = builder.add_source(
+                config::File::from(dir.join(format!("config/{env_name}.toml"))).required(false),
+            );
+        }
+        if let Some(file) = &sources.file {
+            if !file.exists() {
+                return Err(ConfigError::new(
+                    "--config",
+                    format!("file {} does not exist", file.display()),
+                ));
+            }
+            builder = builder.add_source(config::File::from(file.as_path()).required(true));
+        }
+        let mut env = config::Environment::with_prefix("JELOU_BRIDGE")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .source(Some(sources.vars.iter().cloned().collect()));
+        for key in LIST_KEYS {
+            env = env.with_list_parse_key(key);
+        }
+        builder = builder.add_source(env);
+        let raw = builder.build().map_err(from_config_error)?;
+        let settings: Settings = raw.try_deserialize().map_err(from_config_error)?;
+        settings.validate(sandbox)?;
+        Ok(settings)
+    }
+
+    /// Settings with only the compiled-in defaults (tests start from these).
+    pub fn defaults() -> Settings {
+        Self::load(&Sources::default(), true).expect("compiled-in defaults are valid")
+    }
+
+    fn validate(&self, sandbox: bool) -> Result<(), ConfigError> {
+        let a = &self.amqp;
+        let url = url::Url::parse(a.url.expose_secret())
+            .map_err(|e| ConfigError::new("amqp.url", format!("not a URL: {e}")))?;
+        if !matches!(url.scheme(), "amqp" | "amqps") {
+            return Err(ConfigError::new("amqp.url", "scheme must be amqp or amqps"));
+        }
+        for (key, value) in [
+            ("amqp.exchange", &a.exchange),
+            ("amqp.queue", &a.queue),
+            ("amqp.events_exchange", &a.events_exchange),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::new(key, "must not be empty"));
+            }
+        }
+        if a.prefetch == 0 {
+            return Err(ConfigError::new("amqp.prefetch", "must be at least 1"));
+        }
+        if a.binding_keys.is_empty() {
+            return Err(ConfigError::new("amqp.binding_keys", "must name at least one key"));
+        }
+        if a.client_cert_file.is_empty() != a.client_key_file.is_empty() {
+            return Err(ConfigError::new(
+                "amqp.client_key_file",
+                "amqp.client_cert_file and amqp.client_key_file go together",
+            ));
+        }
+        if a.reconnect_min_delay > a.reconnect_max_delay {
+            return Err(ConfigError::new(
+                "amqp.reconnect_min_delay",
+                "must not exceed amqp.reconnect_max_delay",
+            ));
+        }
+        for (key, path) in [
+            ("amqp.ca_file", &a.ca_file),
+            ("amqp.client_cert_file", &a.client_cert_file),
+            ("amqp.client_key_file", &a.client_key_file),
+        ] {
+            if !path.is_empty() && !Path::new(path).is_file() {
+                return Err(ConfigError::new(key, format!("file {path} does not exist")));
+            }
+        }
+
+        let j = &self.jelou;
+        let base = url::Url::parse(&j.base_url)
+            .map_err(|e| ConfigError::new("jelou.base_url", format!("not a URL: {e}")))?;
+        match base.scheme() {
+            "https" => {}
+            "http" if is_loopback(&base) => {}
+            "http" => {
+                return Err(ConfigError::new(
+                    "jelou.base_url",
+                    "must be https:// (plain http is allowed only for a loopback stand-in)",
+                ))
+            }
+            other => {
+                return Err(ConfigError::new(
+                    "jelou.base_url",
+                    format!("unsupported scheme {other}"),
+                ))
+            }
+        }
+        for (key, path) in [("jelou.start_path", &j.start_path), ("jelou.close_path", &j.close_path)]
+        {
+            if !path.starts_with('/') {
+                return Err(ConfigError::new(key, "must start with /"));
+            }
+        }
+        if !sandbox {
+            if j.project_id.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::new(
+                    "jelou.project_id",
+                    "is required (or run with --sandbox)",
+                ));
+            }
+            match j.auth {
+                JelouAuth::ApiKey if is_blank(&j.api_key) => {
+                    return Err(ConfigError::new(
+                        "jelou.api_key",
+                        "is required when jelou.auth = \"api_key\" (or run with --sandbox)",
+                    ))
+                }
+                JelouAuth::Basic
+                    if j.client_id.as_deref().is_none_or(str::is_empty)
+                        || is_blank(&j.client_secret) =>
+                {
+                    return Err(ConfigError::new(
+                        "jelou.client_secret",
+                        "jelou.client_id and jelou.client_secret are required when jelou.auth = \"basic\"",
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if j.timeout.is_zero() {
+            return Err(ConfigError::new("jelou.timeout", "must be greater than zero"));
+        }
+
+        let r = &self.retry;
+        if r.max_attempts == 0 {
+            return Err(ConfigError::new("retry.max_attempts", "must be at least 1"));
+        }
+        if r.delays.is_empty() || r.delays.iter().any(Duration::is_zero) {
+            return Err(ConfigError::new(
+                "retry.delays",
+                "must list at least one non-zero delay",
+            ));
+        }
+        if !(r.factor >= 1.0) {
+            return Err(ConfigError::new("retry.factor", "must be at least 1.0"));
+        }
+
+        if self.routing.default_queue.trim().is_empty() {
+            return Err(ConfigError::new("routing.default_queue", "must not be empty"));
+        }
+        for (i, rule) in self.routing.rules.iter().enumerate() {
+            if rule.field.is_empty() || rule.queue.is_empty() {
+                return Err(ConfigError::new(
+                    format!("routing.rules[{i}]"),
+                    "needs a field and a queue",
+                ));
+            }
+        }
+
+        let store = self.store.url.expose_secret();
+        if !(store.starts_with("sqlite:")
+            || store.starts_with("postgres://")
+            || store.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new(
+                "store.url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if self.store.max_connections == 0 {
+            return Err(ConfigError::new("store.max_connections", "must be at least 1"));
+        }
+        self.http_listen()?;
+        Ok(())
+    }
+
+    /// `http.listen` as a socket address.
+    pub fn http_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.http.listen.parse().map_err(|_| {
+            ConfigError::new(
+                "http.listen",
+                format!("{:?} is not a host:port address", self.http.listen),
+            )
+        })
+    }
+
+    /// The effective configuration as TOML, secrets redacted (`check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn durations_out<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|d| humantime::format_duration(*d).to_string()))
+}
+
+fn is_blank(secret: &Option<SecretString>) -> bool {
+    secret
+        .as_ref()
+        .is_none_or(|s| s.expose_secret().trim().is_empty())
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Turns the `config` crate's errors into one line that names the key.
+fn from_config_error(err: config::ConfigError) -> ConfigError {
+    match err {
+        // The crate's message quotes the offending value, which may be a secret typed in the
+        // wrong place: say only what was expected.
+        config::ConfigError::Type { key, expected, .. } => ConfigError::new(
+            key.unwrap_or_else(|| "?".into()),
+            format!("has the wrong type: expected {expected}"),
+        ),
+        config::ConfigError::NotFound(key) => ConfigError::new(key, "is missing"),
+        config::ConfigError::FileParse { uri, cause } => ConfigError::new(
+            uri.unwrap_or_else(|| "config file".into()),
+            format!("cannot parse: {cause}"),
+        ),
+        config::ConfigError::Message(msg) => split_message(&msg),
+        other => ConfigError::new("config", other.to_string()),
+    }
+}
+
+/// serde's messages look like `missing field \`x\`` or `… for key \`a.b\``.
+fn split_message(msg: &str) -> ConfigError {
+    if let Some(idx) = msg.find(" for key `") {
+        let key = msg[idx + 10..].trim_end_matches('`').to_string();
+        return ConfigError::new(key, scrub(&msg[..idx]));
+    }
+    ConfigError::new("config", scrub(msg))
+}
+
+/// Drops quoted values from a serde message, which could be secrets typed in the wrong place.
+fn scrub(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut in_quote = false;
+    for ch in msg.chars() {
+        if ch == '"' {
+            if !in_quote {
+                out.push_str("\"…");
+            }
+            in_quote = !in_quote;
+            if !in_quote {
+                out.push('"');
+            }
+            continue;
+        }
+        if !in_quote {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// The URL with any password replaced.
+pub fn redacted_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some(REDACTED));
+            }
+            url.to_string()
+        }
+        Err(_) => REDACTED.to_string(),
+    }
+}
+
+fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redacted_url(secret.expose_secret()))
+}
+
+fn redact_opt<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(v) if !v.expose_secret().is_empty() => s.serialize_str(REDACTED),
+        _ => s.serialize_str(""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Sources {
+        Sources {
+            dir: Some(std::path::PathBuf::from("/nonexistent")),
+            vars: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Sources::default()
+        }
+    }
+
+    #[test]
+    fn compiled_in_defaults_match_the_contract() {
+        let s = Settings::load(&vars(&[]), true).unwrap();
+        assert_eq!(s.amqp.url.expose_secret(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.amqp.exchange, "helpdesk");
+        assert_eq!(s.amqp.queue, "jelou-bridge.tickets");
+        assert_eq!(s.amqp.events_exchange, "jelou-bridge.events");
+        assert_eq!(s.amqp.prefetch, 32);
+        assert_eq!(s.jelou.base_url, "https://gateway.jelou.ai");
+        assert_eq!(
+            s.jelou.start_path,
+            "/platform/v1/external-support/{projectId}/conversations/start"
+        );
+        assert_eq!(
+            s.jelou.close_path,
+            "/jelouapi/v1/external-support/{projectId}/conversations/close"
+        );
+        assert!(s.jelou.project_id.is_none());
+        assert!(s.jelou.api_key.is_none());
+        assert_eq!(s.routing.default_queue, "SOPORTE");
+        assert_eq!(s.store.url.expose_secret(), "sqlite://data/jelou-bridge.db");
+        assert_eq!(s.http.listen, "127.0.0.1:8080");
+        assert!(s.webhook.signing_secret.is_none());
+    }
+
+    #[test]
+    fn env_vars_override_with_double_underscores_and_lists() {
+        let s = Settings::load(
+            &vars(&[
+                ("JELOU_BRIDGE__AMQP__PREFETCH", "7"),
+                ("JELOU_BRIDGE__JELOU__API_KEY", "k-123"),
+                ("JELOU_BRIDGE__JELOU__PROJECT_ID", "p1"),
+                ("JELOU_BRIDGE__RETRY__DELAYS", "1s,2s"),
+            ]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.amqp.prefetch, 7);
+        assert_eq!(s.jelou.api_key.unwrap().expose_secret(), "k-123");
+        assert_eq!(
+            s.retry.delays,
+            vec![Duration::from_secs(1), Duration::from_secs(2)]
+        );
+    }
+
+    #[test]
+    fn file_layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("jb-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("config")).unwrap();
+        std::fs::write(
+            dir.join("config/default.toml"),
+            "[amqp]\nprefetch = 3\nqueue = \"from-default\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("config/staging.toml"),
+            "[amqp]\nprefetch = 4\n",
+        )
+        .unwrap();
+        let extra = dir.join("extra.toml");
+        std::fs::write(&extra, "[routing]\ndefault_queue = \"VENTAS\"\n[[routing.rules]]\nfield = \"metadata.category\"\nequals = [\"billing\", \"invoices\"]\nqueue = \"FACTURACION\"\n").unwrap();
+        let s = Settings::load(
+            &Sources {
+                dir: Some(dir.clone()),
+                env_name: Some("staging".into()),
+                file: Some(extra),
+                vars: vec![("JELOU_BRIDGE__AMQP__PREFETCH".into(), "5".into())],
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(s.amqp.queue, "from-default");
+        assert_eq!(s.amqp.prefetch, 5);
+        assert_eq!(s.routing.default_queue, "VENTAS");
+        assert!(s.routing.rules[0].equals.contains("invoices"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn broken_config_names_the_key() {
+        let err = Settings::load(&vars(&[("JELOU_BRIDGE__AMQP__PREFETCH", "lots")]), true)
+            .unwrap_err();
+        assert_eq!(err.key, "amqp.prefetch", "{err}");
+        let err = Settings::load(&vars(&[]), false).unwrap_err();
+        assert_eq!(err.key, "jelou.project_id");
+        let err = Settings::load(
+            &vars(&[
+                ("JELOU_BRIDGE__JELOU__PROJECT_ID", "p"),
+                ("JELOU_BRIDGE__JELOU__BASE_URL", "http://jelou.example.com"),
+                ("JELOU_BRIDGE__JELOU__API_KEY", "k"),
+            ]),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "jelou.base_url");
+        let err = Settings::load(&vars(&[("JELOU_BRIDGE__STORE__URL", "mysql://x")]), true)
+            .unwrap_err();
+        assert_eq!(err.key, "store.url");
+        assert!(err.to_string().starts_with("configuration error: store.url: "));
+    }
+
+    #[test]
+    fn redacted_toml_hides_every_secret() {
+        let s = Settings::load(
+            &vars(&[
+                ("JELOU_BRIDGE__AMQP__URL", "amqp://bob:hunter2@rabbit:5672/%2f"),
+                ("JELOU_BRIDGE__JELOU__API_KEY", "sk-live-abc"),
+                ("JELOU_BRIDGE__JELOU__CLIENT_SECRET", "cs-xyz"),
+                ("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", "whsec-1"),
+                ("JELOU_BRIDGE__STORE__URL", "postgres://u:pgpass@db/x"),
+            ]),
+            true,
+        )
+        .unwrap();
+        let out = s.to_redacted_toml();
+        for secret in ["hunter2", "sk-live-abc", "cs-xyz", "whsec-1", "pgpass"] {
+            assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+        }
+        assert!(out.contains("amqp://bob:%5Bredacted%5D@rabbit:5672/%2f") || out.contains("[redacted]"));
+        assert!(!format!("{s:?}").contains("sk-live-abc"));
+    }
+}

@@ -1,0 +1,178 @@
+//! What the bridge publishes on `amqp.events_exchange`: bodies and routing keys, exactly as
+//! the contract names them.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Routing keys (and `event` values) of what the bridge publishes.
+pub const CONVERSATION_STARTED: &str = "conversation.started";
+pub const CONVERSATION_CLOSED: &str = "conversation.closed";
+pub const TICKET_FAILED: &str = "ticket.failed";
+
+/// Why a ticket event failed; the `reason` field of `ticket.failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    InvalidMessage,
+    Rejected,
+    UnknownTicket,
+    RetriesExhausted,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::InvalidMessage => "invalid_message",
+            FailureReason::Rejected => "rejected",
+            FailureReason::UnknownTicket => "unknown_ticket",
+            FailureReason::RetriesExhausted => "retries_exhausted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FailureReason> {
+        [
+            FailureReason::InvalidMessage,
+            FailureReason::Rejected,
+            FailureReason::UnknownTicket,
+            FailureReason::RetriesExhausted,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// One thing to publish: the routing key, the ticket it concerns, the JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub routing_key: String,
+    pub ticket_id: Option<String>,
+    pub body: Value,
+}
+
+impl Outcome {
+    pub fn started(ticket_id: &str, conversation_id: &str, bot_id: &str, user_id: &str) -> Self {
+        Self::new(
+            CONVERSATION_STARTED,
+            Some(ticket_id),
+            serde_json::json!({
+                "event": CONVERSATION_STARTED,
+                "ticketId": ticket_id,
+                "conversationId": conversation_id,
+                "botId": bot_id,
+                "userId": user_id,
+                "status": "active",
+                "occurredAt": now_rfc3339(),
+            }),
+        )
+    }
+
+    pub fn closed(ticket_id: &str, conversation_id: Option<&str>, ended_reason: Option<&str>) -> Self {
+        Self::new(
+            CONVERSATION_CLOSED,
+            Some(ticket_id),
+            serde_json::json!({
+                "event": CONVERSATION_CLOSED,
+                "ticketId": ticket_id,
+                "conversationId": conversation_id,
+                "status": "closed",
+                "endedReason": ended_reason,
+                "occurredAt": now_rfc3339(),
+            }),
+        )
+    }
+
+    pub fn failed(failure: &Failure) -> Self {
+        let mut body = serde_json::json!({
+            "event": TICKET_FAILED,
+            "ticketId": failure.ticket_id,
+            "action": failure.action,
+            "reason": failure.reason,
+            "httpStatus": failure.http_status,
+            "error": failure.error,
+            "attempts": failure.attempts,
+            "occurredAt": now_rfc3339(),
+        });
+        if let Some(resp) = &failure.response {
+            body["response"] = Value::String(resp.clone());
+        }
+        Self::new(TICKET_FAILED, failure.ticket_id.as_deref(), body)
+    }
+
+    /// A Jelou webhook event, forwarded as `jelou.<event>`.
+    pub fn from_webhook(event: &str, ticket_id: Option<&str>, conversation_id: Option<&str>, payload: Value) -> Self {
+        let routing_key = format!("jelou.{event}");
+        Self::new(
+            &routing_key.clone(),
+            ticket_id,
+            serde_json::json!({
+                "event": routing_key,
+                "ticketId": ticket_id,
+                "conversationId": conversation_id,
+                "payload": payload,
+            }),
+        )
+    }
+
+    fn new(routing_key: &str, ticket_id: Option<&str>, body: Value) -> Self {
+        Self {
+            routing_key: routing_key.to_string(),
+            ticket_id: ticket_id.map(str::to_string),
+            body,
+        }
+    }
+}
+
+/// Everything `ticket.failed` says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub ticket_id: Option<String>,
+    pub action: Option<&'static str>,
+    pub reason: FailureReason,
+    pub http_status: Option<u16>,
+    pub error: String,
+    /// Jelou's raw answer, when there was one.
+    pub response: Option<String>,
+    pub attempts: u32,
+}
+
+/// Now, as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_have_exactly_the_contract_fields() {
+        let keys = |o: &Outcome| {
+            let mut k: Vec<_> = o.body.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        let s = Outcome::started("T-1", "C-1", "B", "U");
+        assert_eq!(s.routing_key, "conversation.started");
+        assert_eq!(keys(&s), ["botId", "conversationId", "event", "occurredAt", "status", "ticketId", "userId"]);
+        assert_eq!(s.body["status"], "active");
+        let c = Outcome::closed("T-1", Some("C-1"), Some("closed_by_operator"));
+        assert_eq!(keys(&c), ["conversationId", "endedReason", "event", "occurredAt", "status", "ticketId"]);
+        let f = Outcome::failed(&Failure {
+            ticket_id: None,
+            action: None,
+            reason: FailureReason::InvalidMessage,
+            http_status: None,
+            error: "body is not JSON".into(),
+            response: None,
+            attempts: 0,
+        });
+        assert_eq!(keys(&f), ["action", "attempts", "error", "event", "httpStatus", "occurredAt", "reason", "ticketId"]);
+        assert_eq!(f.body["reason"], "invalid_message");
+        assert!(f.body["ticketId"].is_null());
+        let occurred = s.body["occurredAt"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(occurred).is_ok() && occurred.ends_with('Z'), "{occurred}");
+        let w = Outcome::from_webhook("conversation.close", Some("T-1"), Some("C-1"), serde_json::json!({"x": 1}));
+        assert_eq!(w.routing_key, "jelou.conversation.close");
+        assert_eq!(keys(&w), ["conversationId", "event", "payload", "ticketId"]);
+    }
+}

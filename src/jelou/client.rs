@@ -1,0 +1,191 @@
+//! The HTTP client for Jelou's external-support API: one pooled `reqwest` client, start and
+//! close paths configured separately, `x-api-key` or HTTP Basic, a timeout on every call.
+
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use super::error::JelouError;
+use crate::config::{JelouAuth, JelouSettings};
+use crate::ticket::{CloseRequest, StartRequest};
+
+/// Which of Jelou's endpoints a call goes to (a metrics label too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Start,
+    Close,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Start => "start",
+            Endpoint::Close => "close",
+        }
+    }
+}
+
+/// What a successful start returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Started {
+    pub conversation_id: String,
+}
+
+/// What a successful close returns; every field is optional in Jelou's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Closed {
+    pub conversation_id: Option<String>,
+    pub ended_reason: Option<String>,
+}
+
+enum Auth {
+    ApiKey(SecretString),
+    Basic { id: String, secret: SecretString },
+    /// Sandbox with no credentials: the stand-in does not check.
+    None,
+}
+
+pub struct JelouClient {
+    http: reqwest::Client,
+    start_url: String,
+    close_url: String,
+    auth: Auth,
+    timeout: Duration,
+}
+
+impl JelouClient {
+    pub fn new(settings: &JelouSettings) -> anyhow::Result<Self> {
+        let project = settings.project_id.clone().unwrap_or_default();
+        let url = |path: &str| {
+            format!(
+                "{}{}",
+                settings.base_url.trim_end_matches('/'),
+                path.replace("{projectId}", &project)
+            )
+        };
+        let auth = match settings.auth {
+            JelouAuth::ApiKey => settings.api_key.clone().map(Auth::ApiKey),
+            JelouAuth::Basic => match (&settings.client_id, &settings.client_secret) {
+                (Some(id), Some(secret)) => Some(Auth::Basic {
+                    id: id.clone(),
+                    secret: secret.clone(),
+                }),
+                _ => None,
+            },
+        }
+        .unwrap_or(Auth::None);
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.connect_timeout)
+            // A redirected POST could carry the credentials somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .user_agent(concat!("jelou-bridge/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            start_url: url(&settings.start_path),
+            close_url: url(&settings.close_path),
+            auth,
+            timeout: settings.timeout,
+        })
+    }
+
+    pub async fn start(&self, req: &StartRequest) -> Result<Started, JelouError> {
+        let (status, data, raw) = self.post(Endpoint::Start, &self.start_url, req).await?;
+        match data.get("conversationId").and_then(Value::as_str) {
+            Some(id) if !id.is_empty() => Ok(Started {
+                conversation_id: id.to_string(),
+            }),
+            _ => Err(JelouError::bad_response(status, "data.conversationId", &raw)),
+        }
+    }
+
+    pub async fn close(&self, req: &CloseRequest) -> Result<Closed, JelouError> {
+        let (_, data, _) = self.post(Endpoint::Close, &self.close_url, req).await?;
+        let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
+        Ok(Closed {
+            conversation_id: text("conversationId"),
+            ended_reason: text("endedReason"),
+        })
+    }
+
+    /// POSTs `body`; a 2xx answer yields its `data` object (or `{}`), anything else an error.
+    async fn post<B: serde::Serialize>(
+        &self,
+        endpoint: Endpoint,
+        url: &str,
+        body: &B,
+    ) -> Result<(u16, Value, bytes::Bytes), JelouError> {
+        let started = Instant::now();
+        let mut request = self.http.post(url).json(body);
+        request = match &self.auth {
+            Auth::ApiKey(key) => request.header("x-api-key", key.expose_secret()),
+            Auth::Basic { id, secret } => request.basic_auth(id, Some(secret.expose_secret())),
+            Auth::None => request,
+        };
+        let result = async {
+            let response = request.send().await.map_err(|e| self.transport_error(e))?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let raw = response.bytes().await.map_err(|e| self.transport_error(e))?;
+            Ok::<_, JelouError>((status, headers, raw))
+        }
+        .await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let class = match &result {
+            Ok((status, _, _)) => status_class(*status),
+            Err(JelouError::Timeout(_)) => "timeout",
+            Err(_) => "network",
+        };
+        metrics::counter!("jelou_bridge_jelou_requests_total",
+            "endpoint" => endpoint.as_str(), "status_class" => class)
+        .increment(1);
+        metrics::histogram!("jelou_bridge_jelou_request_duration_seconds",
+            "endpoint" => endpoint.as_str())
+        .record(elapsed);
+        let (status, headers, raw) = result?;
+        if !(200..300).contains(&status) {
+            return Err(JelouError::from_status(status, &headers, &raw));
+        }
+        let parsed: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        let data = parsed.get("data").cloned().unwrap_or_else(|| Value::Object(Default::default()));
+        Ok((status, data, raw))
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> JelouError {
+        if e.is_timeout() {
+            JelouError::Timeout(self.timeout)
+        } else {
+            // reqwest's Display names the URL (no credentials in it) and the cause.
+            JelouError::Transport(error_chain(&e))
+        }
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

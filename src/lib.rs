@@ -1,0 +1,35 @@
+//! jelou-bridge connects a helpdesk's ticket events on RabbitMQ to Jelou's external-support
+//! API, and brings Jelou's webhooks back onto the bus.
+//!
+//! # Map
+//! - [`config`]: typed settings in layers (defaults → files → `--config` → env).
+//! - [`telemetry`]: structured logs and the Prometheus recorder.
+//! - [`ticket`]: the domain: inbound ticket events, checked, and the Jelou requests they become.
+//! - [`events`]: what the bridge publishes (`conversation.started`, `ticket.failed`, …).
+//! - [`jelou`]: the API client, failure classification, retries with `backon`, a stand-in.
+//! - [`store`]: what was done per ticket (SQLite or PostgreSQL), for idempotency and order.
+//! - [`amqp`]: connection, topology, confirmed publisher, supervised consumer.
+//! - [`lanes`]: per-ticket order among concurrent deliveries.
+//! - [`bridge`]: what happens to one ticket event.
+//! - [`webhook`], [`http`]: Jelou's signed webhooks, health, readiness and metrics.
+//! - [`app`]: the daemon assembled; [`cli`]: the commands.
+//!
+//! # The path of one ticket event
+//! consume ([`amqp::consumer`]) → decode ([`ticket::decode`]) → wait its turn
+//! ([`lanes`]) → decide: claim in the [`store`], call Jelou with retries ([`jelou`]), record
+//! the result ([`bridge::Bridge::decide`]) → publish the outcome with confirms, or park it in
+//! a delay queue, or dead-letter it ([`bridge::Bridge::settle`]) → ack.
+
+pub mod amqp;
+pub mod app;
+pub mod bridge;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod jelou;
+pub mod lanes;
+pub mod store;
+pub mod telemetry;
+pub mod ticket;
+pub mod webhook;

@@ -1,0 +1,504 @@
+//! The ticket store: what the bridge did per ticket, so that redeliveries and duplicates are
+//! absorbed and a `ticket.resolved` can be served from a ticket id alone.
+//!
+//! One interface over SQLite (embedded, WAL, the default) and PostgreSQL (several replicas),
+//! through sqlx's `Any` driver and one set of portable migrations. Every state change is a
+//! single atomic statement; which bridge process works on a ticket is a lease in the row
+//! (`owner`, `lease_until`), renewed while it works, so a crashed replica's hold expires.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use secrecy::ExposeSecret;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, FromRow, Row};
+
+use crate::config::StoreSettings;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+#[error("ticket store: {0}")]
+pub struct StoreError(String);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError(crate::jelou::client::error_chain(&e))
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError(format!("migration failed: {e}"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketState {
+    Starting,
+    Active,
+    Closing,
+    Closed,
+    Failed,
+}
+
+impl TicketState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketState::Starting => "starting",
+            TicketState::Active => "active",
+            TicketState::Closing => "closing",
+            TicketState::Closed => "closed",
+            TicketState::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for TicketState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "starting" => TicketState::Starting,
+            "active" => TicketState::Active,
+            "closing" => TicketState::Closing,
+            "closed" => TicketState::Closed,
+            "failed" => TicketState::Failed,
+            other => return Err(format!("unknown ticket state {other:?}")),
+        })
+    }
+}
+
+/// One ticket as the store knows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketRecord {
+    pub ticket_id: String,
+    pub bot_id: Option<String>,
+    pub user_id: Option<String>,
+    pub conversation_id: Option<String>,
+    #[serde(serialize_with = "state_str")]
+    pub state: TicketState,
+    pub owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub ended_reason: Option<String>,
+    pub last_error: Option<String>,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+fn state_str<S: serde::Serializer>(state: &TicketState, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(state.as_str())
+}
+
+impl<'r> FromRow<'r, AnyRow> for TicketRecord {
+    fn from_row(row: &'r AnyRow) -> Result<Self, sqlx::Error> {
+        let state: String = row.try_get("state")?;
+        Ok(TicketRecord {
+            ticket_id: row.try_get("ticket_id")?,
+            bot_id: row.try_get("bot_id")?,
+            user_id: row.try_get("user_id")?,
+            conversation_id: row.try_get("conversation_id")?,
+            state: state
+                .parse()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            owner: row.try_get("owner")?,
+            lease_until: row.try_get("lease_until")?,
+            ended_reason: row.try_get("ended_reason")?,
+            last_error: row.try_get("last_error")?,
+            attempts: row.try_get("attempts")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+/// The answer to "may I start this ticket?".
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartClaim {
+    /// Yes: this process holds the ticket until it records the result or releases it.
+    Claimed,
+    /// Already started (or further along): publish what is known, call nobody.
+    AlreadyStarted(TicketRecord),
+    /// Another live process is starting it right now.
+    Busy(TicketRecord),
+}
+
+/// The answer to "may I close this ticket?".
+#[derive(Debug, Clone, PartialEq)]
+pub enum CloseClaim {
+    Claimed(TicketRecord),
+    AlreadyClosed(TicketRecord),
+    /// Its start or another close is under way (or parked): wait.
+    Pending(TicketRecord),
+    /// Its start failed for good.
+    StartFailed(TicketRecord),
+    /// The store has never seen it.
+    Unknown,
+}
+
+const COLUMNS: &str = "ticket_id, bot_id, user_id, conversation_id, state, owner, lease_until, \
+                       ended_reason, last_error, attempts, created_at, updated_at";
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    /// This process, as the `owner` of the tickets it works on.
+    instance: String,
+    lease: Duration,
+}
+
+impl Store {
+    /// Opens (creating a SQLite file and its directory if needed) and migrates the store.
+    pub async fn connect(settings: &StoreSettings, instance: String) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let mut url = settings.url.expose_secret().to_string();
+        let sqlite = url.starts_with("sqlite:");
+        if sqlite {
+            url = prepare_sqlite_url(&url)?;
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL lets readers run beside the writer; NORMAL sync is durable
+                        // across a process crash (the bridge's failure model) and cheap.
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        if sqlite {
+            pool.execute("PRAGMA journal_mode = WAL").await?;
+        }
+        MIGRATOR.run(&pool).await?;
+        Ok(Store {
+            pool,
+            instance,
+            lease: settings.lease,
+        })
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Cheap round trip, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError> {
+        Ok(
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM tickets WHERE ticket_id = $1"))
+                .bind(ticket_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn find_by_conversation(&self, conversation_id: &str) -> Result<Option<TicketRecord>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM tickets WHERE conversation_id = $1 ORDER BY updated_at DESC LIMIT 1"
+        ))
+        .bind(conversation_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Tickets, newest first, optionally in one state.
+    pub async fn list(&self, state: Option<TicketState>, limit: i64) -> Result<Vec<TicketRecord>, StoreError> {
+        let rows = match state {
+            Some(s) => {
+                sqlx::query_as(&format!(
+                    "SELECT {COLUMNS} FROM tickets WHERE state = $1 ORDER BY updated_at DESC LIMIT $2"
+                ))
+                .bind(s.as_str())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query_as(&format!("SELECT {COLUMNS} FROM tickets ORDER BY updated_at DESC LIMIT $1"))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// Takes the ticket for a start call, unless it was started already or another live
+    /// process is starting it. A ticket whose start failed for good, or whose starter let go
+    /// (parked) or died (lease expired), can be taken again.
+    pub async fn claim_start(&self, ticket_id: &str, bot_id: &str, user_id: &str) -> Result<StartClaim, StoreError> {
+        let now = now_ms();
+        let claimed = sqlx::query(
+            "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, attempts, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'starting', $4, $5, 1, $6, $6) \
+             ON CONFLICT (ticket_id) DO UPDATE SET state = 'starting', bot_id = excluded.bot_id, \
+                 user_id = excluded.user_id, owner = excluded.owner, lease_until = excluded.lease_until, \
+                 attempts = tickets.attempts + 1, updated_at = excluded.updated_at \
+             WHERE tickets.state = 'failed' OR (tickets.state = 'starting' AND (tickets.owner IS NULL \
+                 OR tickets.owner = excluded.owner OR tickets.lease_until < excluded.updated_at)) \
+             RETURNING ticket_id",
+        )
+        .bind(ticket_id)
+        .bind(bot_id)
+        .bind(user_id)
+        .bind(&self.instance)
+        .bind(now + self.lease_ms())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if claimed.is_some() {
+            return Ok(StartClaim::Claimed);
+        }
+        let record = self
+            .get(ticket_id)
+            .await?
+            .ok_or_else(|| StoreError(format!("ticket {ticket_id} vanished while claiming it")))?;
+        Ok(match record.state {
+            TicketState::Starting => StartClaim::Busy(record),
+            _ => StartClaim::AlreadyStarted(record),
+        })
+    }
+
+    /// Records the conversation Jelou opened. Returns the ticket as stored afterwards: when
+    /// another process recorded a conversation first, that one stands.
+    pub async fn finish_start(&self, ticket_id: &str, conversation_id: &str) -> Result<TicketRecord, StoreError> {
+        sqlx::query(
+            "UPDATE tickets SET state = 'active', conversation_id = $2, owner = NULL, lease_until = NULL, \
+             last_error = NULL, updated_at = $3 WHERE ticket_id = $1 AND state = 'starting'",
+        )
+        .bind(ticket_id)
+        .bind(conversation_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        self.get(ticket_id)
+            .await?
+            .ok_or_else(|| StoreError(format!("ticket {ticket_id} vanished after its start")))
+    }
+
+    /// The start failed for good.
+    pub async fn fail_start(&self, ticket_id: &str, error: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tickets SET state = 'failed', owner = NULL, lease_until = NULL, last_error = $2, \
+             updated_at = $3 WHERE ticket_id = $1 AND state = 'starting'",
+        )
+        .bind(ticket_id)
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Lets go of a ticket without a result (its message is parked or goes back to the
+    /// queue): the state stays, so later events of the ticket keep waiting for it.
+    pub async fn release(&self, ticket_id: &str, error: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tickets SET owner = NULL, lease_until = NULL, last_error = COALESCE($3, last_error), \
+             updated_at = $4 WHERE ticket_id = $1 AND owner = $2",
+        )
+        .bind(ticket_id)
+        .bind(&self.instance)
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes an active ticket for a close call.
+    pub async fn claim_close(&self, ticket_id: &str) -> Result<CloseClaim, StoreError> {
+        let now = now_ms();
+        let claimed: Option<TicketRecord> = sqlx::query_as(&format!(
+            "UPDATE tickets SET state = 'closing', owner = $2, lease_until = $3, updated_at = $4 \
+             WHERE ticket_id = $1 AND (state = 'active' OR (state = 'closing' AND (owner IS NULL \
+                 OR owner = $2 OR lease_until < $4))) \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(ticket_id)
+        .bind(&self.instance)
+        .bind(now + self.lease_ms())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(record) = claimed {
+            return Ok(CloseClaim::Claimed(record));
+        }
+        Ok(match self.get(ticket_id).await? {
+            None => CloseClaim::Unknown,
+            Some(r) => match r.state {
+                TicketState::Closed => CloseClaim::AlreadyClosed(r),
+                TicketState::Failed => CloseClaim::StartFailed(r),
+                _ => CloseClaim::Pending(r),
+            },
+        })
+    }
+
+    /// Takes a ticket the store has never seen for a close, with the ids its message gave.
+    pub async fn claim_close_unknown(&self, ticket_id: &str, bot_id: &str, user_id: &str) -> Result<CloseClaim, StoreError> {
+        let now = now_ms();
+        let inserted: Option<TicketRecord> = sqlx::query_as(&format!(
+            "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, attempts, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'closing', $4, $5, 0, $6, $6) ON CONFLICT (ticket_id) DO NOTHING \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(ticket_id)
+        .bind(bot_id)
+        .bind(user_id)
+        .bind(&self.instance)
+        .bind(now + self.lease_ms())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match inserted {
+            Some(r) => Ok(CloseClaim::Claimed(r)),
+            None => self.claim_close(ticket_id).await,
+        }
+    }
+
+    pub async fn finish_close(
+        &self,
+        ticket_id: &str,
+        conversation_id: Option<&str>,
+        ended_reason: Option<&str>,
+    ) -> Result<TicketRecord, StoreError> {
+        sqlx::query(
+            "UPDATE tickets SET state = 'closed', conversation_id = COALESCE(conversation_id, $2), \
+             ended_reason = COALESCE($3, ended_reason), owner = NULL, lease_until = NULL, last_error = NULL, \
+             updated_at = $4 WHERE ticket_id = $1",
+        )
+        .bind(ticket_id)
+        .bind(conversation_id)
+        .bind(ended_reason)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        self.get(ticket_id)
+            .await?
+            .ok_or_else(|| StoreError(format!("ticket {ticket_id} vanished after its close")))
+    }
+
+    /// The close failed for good: the conversation stays as it was.
+    pub async fn fail_close(&self, ticket_id: &str, error: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tickets SET state = CASE WHEN conversation_id IS NULL THEN 'failed' ELSE 'active' END, \
+             owner = NULL, lease_until = NULL, last_error = $2, updated_at = $3 \
+             WHERE ticket_id = $1 AND state = 'closing'",
+        )
+        .bind(ticket_id)
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Extends the hold on every ticket this process is working on.
+    pub async fn renew_leases(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tickets SET lease_until = $1 WHERE owner = $2 AND state IN ('starting', 'closing')",
+        )
+        .bind(now_ms() + self.lease_ms())
+        .bind(&self.instance)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Jelou said a conversation started for this ticket (its webhook).
+    pub async fn note_conversation_started(&self, ticket_id: &str, conversation_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tickets SET conversation_id = $2, updated_at = $3 WHERE ticket_id = $1 AND conversation_id IS NULL",
+        )
+        .bind(ticket_id)
+        .bind(conversation_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Jelou said a conversation was closed (say by an operator): a later `ticket.resolved`
+    /// then makes no close call.
+    pub async fn note_conversation_closed(&self, conversation_id: &str, reason: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tickets SET state = 'closed', ended_reason = COALESCE($2, ended_reason), \
+             updated_at = $3 WHERE conversation_id = $1 AND state IN ('active', 'closing')",
+        )
+        .bind(conversation_id)
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Remembers a webhook delivery; false when it was seen before.
+    pub async fn remember_webhook(&self, key: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO webhook_events (event_key, received_at) VALUES ($1, $2) ON CONFLICT (event_key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets a webhook delivery that could not be forwarded, so Jelou's retry gets through.
+    pub async fn forget_webhook(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM webhook_events WHERE event_key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.lease.as_millis() as i64
+    }
+}
+
+/// Creates the SQLite file's directory and asks for the file to be created.
+fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(url.to_string());
+    }
+    if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    Ok(if rest.contains("mode=") {
+        url.to_string()
+    } else if rest.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    })
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,223 @@
+//! Jelou's webhooks onto the bus: `POST /webhooks/jelou`, signed with
+//! `X-Jelou-Signature: sha256=<hex HMAC-SHA256 of the raw body>`.
+//!
+//! A verified event is published as `jelou.<event>` and answered 200 only after the broker
+//! confirmed it; a repeated delivery of the same event publishes once. The store learns from
+//! lifecycle events too, so a conversation an operator closed in Jelou is known as closed.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tracing::{info, warn};
+
+use crate::amqp::{headers, set_str, BrokerLink};
+use crate::events::Outcome;
+use crate::store::Store;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The header Jelou signs with.
+pub const SIGNATURE_HEADER: &str = "x-jelou-signature";
+
+/// The events Jelou sends.
+const EVENTS: &[&str] = &["conversation.start", "conversation.close", "message"];
+
+/// `sha256=<hex>` of `body` keyed with `secret`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Checks a signature header in constant time.
+pub fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex_sig) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// What the webhook handler needs.
+pub struct WebhookState {
+    pub secret: Option<SecretString>,
+    pub store: Store,
+    pub link: Arc<BrokerLink>,
+    pub events_exchange: String,
+}
+
+/// The key that identifies one event across repeated deliveries: a message's `value.id`;
+/// for lifecycle events the event, conversation and timestamp.
+pub fn dedup_key(event: &str, payload: &Value) -> String {
+    if event == "message" {
+        if let Some(id) = payload.pointer("/value/id").and_then(value_text) {
+            return format!("message:{id}");
+        }
+    }
+    format!(
+        "{event}:{}:{}",
+        payload.pointer("/conversation/id").and_then(value_text).unwrap_or_default(),
+        payload.get("timestamp").and_then(value_text).unwrap_or_default()
+    )
+}
+
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn reply(status: StatusCode, verdict: &'static str, event: &str, detail: &str) -> Response {
+    metrics::counter!("jelou_bridge_webhook_requests_total", "event" => event.to_string(), "verdict" => verdict).increment(1);
+    let body = if status.is_success() {
+        json!({"status": verdict})
+    } else {
+        json!({"error": verdict, "detail": detail})
+    };
+    (status, Json(body)).into_response()
+}
+
+pub async fn handle(State(state): State<Arc<WebhookState>>, headers_in: HeaderMap, body: Bytes) -> Response {
+    let Some(secret) = state.secret.as_ref().filter(|s| !s.expose_secret().is_empty()) else {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, "not_configured", "unknown",
+            "webhook.signing_secret is not configured; unsigned events are never accepted");
+    };
+    let signature = headers_in.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    if !verify(secret.expose_secret().as_bytes(), &body, signature) {
+        let detail = if signature.is_none() { "missing X-Jelou-Signature" } else { "X-Jelou-Signature does not match the body" };
+        warn!(detail, "webhook refused");
+        return reply(StatusCode::UNAUTHORIZED, "bad_signature", "unknown", detail);
+    }
+    let payload: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return reply(StatusCode::BAD_REQUEST, "invalid", "unknown", "body must be a JSON object"),
+        Err(e) => return reply(StatusCode::BAD_REQUEST, "invalid", "unknown", &format!("body is not JSON: {e}")),
+    };
+    let event = match payload.get("event").and_then(Value::as_str) {
+        Some(e) if EVENTS.contains(&e) => e.to_string(),
+        Some(e) => {
+            return reply(StatusCode::BAD_REQUEST, "unknown_event", "unknown",
+                &format!("unknown event {e:?}; expected one of {}", EVENTS.join(", ")))
+        }
+        None => return reply(StatusCode::BAD_REQUEST, "invalid", "unknown", "no `event` field"),
+    };
+    let conversation_id = payload.pointer("/conversation/id").and_then(value_text);
+    let key = dedup_key(&event, &payload);
+    match state.store.remember_webhook(&key).await {
+        Ok(true) => {}
+        Ok(false) => {
+            info!(event = %event, conversation_id = conversation_id.as_deref(), "duplicate webhook delivery: already published");
+            return reply(StatusCode::OK, "duplicate", &event, "");
+        }
+        Err(e) => {
+            warn!(error = %e, "webhook: store unavailable");
+            return reply(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &event, "the ticket store is unavailable; retry later");
+        }
+    }
+    match forward(&state, &event, conversation_id.as_deref(), &payload, &key).await {
+        Ok(ticket_id) => {
+            info!(event = %event, ticket_id = ticket_id.as_deref(), conversation_id = conversation_id.as_deref(), "webhook published");
+            reply(StatusCode::OK, "published", &event, "")
+        }
+        Err(detail) => {
+            // Not published: forget the delivery so Jelou's retry is not taken for a duplicate.
+            let _ = state.store.forget_webhook(&key).await;
+            warn!(event = %event, detail = %detail, "webhook not published");
+            reply(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", &event, &detail)
+        }
+    }
+}
+
+/// Resolves the ticket, updates the store and publishes; returns the ticket id.
+async fn forward(
+    state: &WebhookState,
+    event: &str,
+    conversation_id: Option<&str>,
+    payload: &Value,
+    key: &str,
+) -> Result<Option<String>, String> {
+    let from_metadata = payload
+        .pointer("/value/metadata/ticketId")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let ticket_id = match (&from_metadata, conversation_id) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(c)) => state
+            .store
+            .find_by_conversation(c)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|r| r.ticket_id),
+        (None, None) => None,
+    };
+    match (event, &ticket_id, conversation_id) {
+        ("conversation.start", Some(t), Some(c)) => {
+            state.store.note_conversation_started(t, c).await.map_err(|e| e.to_string())?
+        }
+        ("conversation.close", _, Some(c)) => {
+            let reason = payload.pointer("/value/reason").and_then(Value::as_str);
+            state.store.note_conversation_closed(c, reason).await.map_err(|e| e.to_string())?
+        }
+        _ => {}
+    }
+    let outcome = Outcome::from_webhook(event, ticket_id.as_deref(), conversation_id, payload.clone());
+    let publisher = state.link.publisher().ok_or("the broker is not connected")?;
+    let mut table = lapin::types::FieldTable::default();
+    if let Some(t) = &ticket_id {
+        set_str(&mut table, headers::TICKET_ID, t);
+    }
+    let mut props = lapin::BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(key.into())
+        .with_app_id("jelou-bridge".into())
+        .with_headers(table);
+    if let Some(c) = conversation_id {
+        props = props.with_correlation_id(c.into());
+    }
+    let body = serde_json::to_vec(&outcome.body).map_err(|e| e.to_string())?;
+    publisher
+        .publish(&state.events_exchange, &outcome.routing_key, &body, props, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ticket_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_verify_only_for_the_same_key_and_body() {
+        let sig = sign(b"secret", b"{\"a\":1}");
+        assert!(sig.starts_with("sha256=") && sig.len() == 7 + 64);
+        assert!(verify(b"secret", b"{\"a\":1}", Some(&sig)));
+        assert!(!verify(b"secret", b"{\"a\":2}", Some(&sig)));
+        assert!(!verify(b"other", b"{\"a\":1}", Some(&sig)));
+        assert!(!verify(b"secret", b"{\"a\":1}", None));
+        assert!(!verify(b"secret", b"{\"a\":1}", Some("sha256=zz")));
+        assert!(!verify(b"secret", b"{\"a\":1}", Some(sig.trim_start_matches("sha256="))));
+    }
+
+    #[test]
+    fn dedup_keys() {
+        let m = json!({"event": "message", "value": {"id": "m-1"}, "timestamp": 5});
+        assert_eq!(dedup_key("message", &m), "message:m-1");
+        let c = json!({"event": "conversation.close", "conversation": {"id": "c-1"}, "timestamp": 1777992928697u64});
+        assert_eq!(dedup_key("conversation.close", &c), "conversation.close:c-1:1777992928697");
+    }
+}
