@@ -34,7 +34,9 @@ impl Application {
     pub async fn build(mut settings: Settings, sandbox: bool) -> anyhow::Result<Application> {
         let listener = tokio::net::TcpListener::bind(settings.http_listen()?)
             .await
-            .map_err(|e| anyhow::anyhow!("http.listen: cannot bind {}: {e}", settings.http.listen))?;
+            .map_err(|e| {
+                anyhow::anyhow!("http.listen: cannot bind {}: {e}", settings.http.listen)
+            })?;
         let http_addr = listener.local_addr()?;
         let sandbox = if sandbox {
             Some(start_sandbox(&mut settings, http_addr).await?)
@@ -57,7 +59,9 @@ impl Application {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn settings(&self) -> &Settings {
@@ -76,7 +80,12 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let settings = self.settings.clone();
         let jelou = JelouClient::new(&settings.jelou)?;
-        let bridge = Arc::new(Bridge::new(settings.clone(), jelou, self.store.clone(), shutdown.clone()));
+        let bridge = Arc::new(Bridge::new(
+            settings.clone(),
+            jelou,
+            self.store.clone(),
+            shutdown.clone(),
+        ));
         info!(
             instance = self.store.instance(),
             http = %self.http_addr(),
@@ -98,11 +107,18 @@ impl Application {
         });
         // The HTTP server outlives the consumer's drain so probes answer during shutdown.
         let http_stop = CancellationToken::new();
-        let server = axum::serve(self.listener, http::router(health, webhook, settings.http.max_body_bytes))
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned());
+        let server = axum::serve(
+            self.listener,
+            http::router(health, webhook, settings.http.max_body_bytes),
+        )
+        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
 
-        let leases = tokio::spawn(keep_leases(self.store.clone(), settings.store.lease, shutdown.clone()));
+        let leases = tokio::spawn(keep_leases(
+            self.store.clone(),
+            settings.store.lease,
+            shutdown.clone(),
+        ));
         consumer::run(bridge, self.link.clone(), shutdown).await;
         leases.abort();
         http_stop.cancel();
@@ -134,7 +150,10 @@ async fn keep_leases(store: Store, lease: std::time::Duration, shutdown: Cancell
 
 /// Starts the stand-in for Jelou and points the settings at it; its webhooks come back to
 /// this process, signed with the configured secret or a fresh one.
-async fn start_sandbox(settings: &mut Settings, http_addr: SocketAddr) -> anyhow::Result<MockJelou> {
+async fn start_sandbox(
+    settings: &mut Settings,
+    http_addr: SocketAddr,
+) -> anyhow::Result<MockJelou> {
     let secret = match &settings.webhook.signing_secret {
         Some(s) => secrecy::ExposeSecret::expose_secret(s).to_string(),
         None => uuid::Uuid::new_v4().simple().to_string(),

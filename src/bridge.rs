@@ -24,7 +24,9 @@ use crate::events::{Failure, FailureReason, Outcome};
 use crate::jelou::retry::RetryPolicy;
 use crate::jelou::{Endpoint, JelouClient, JelouError};
 use crate::store::{now_ms, CloseClaim, StartClaim, Store};
-use crate::ticket::{self, close_request, start_request, InvalidMessage, TicketEvent, TicketOpened, TicketResolved};
+use crate::ticket::{
+    self, close_request, start_request, InvalidMessage, TicketEvent, TicketOpened, TicketResolved,
+};
 
 /// How often a delivery waiting on another one's work looks at the store again.
 const POLL: Duration = Duration::from_millis(100);
@@ -108,7 +110,12 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    pub fn new(settings: Arc<Settings>, jelou: JelouClient, store: Store, shutdown: CancellationToken) -> Bridge {
+    pub fn new(
+        settings: Arc<Settings>,
+        jelou: JelouClient,
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> Bridge {
         Bridge {
             policy: RetryPolicy::from(&settings.retry),
             settings,
@@ -119,7 +126,11 @@ impl Bridge {
     }
 
     /// Decides what one decoded delivery leads to.
-    pub async fn decide(&self, event: &Result<TicketEvent, InvalidMessage>, msg: &Inbound) -> Decision {
+    pub async fn decide(
+        &self,
+        event: &Result<TicketEvent, InvalidMessage>,
+        msg: &Inbound,
+    ) -> Decision {
         let decision = match event {
             Err(invalid) => Decision::Failed(Failure {
                 ticket_id: invalid.ticket_id.clone(),
@@ -137,8 +148,20 @@ impl Bridge {
     }
 
     /// A park past the total budget becomes `retries_exhausted`.
-    fn within_budget(&self, decision: Decision, event: &Result<TicketEvent, InvalidMessage>, msg: &Inbound) -> Decision {
-        let Decision::Park { action, error, http_status, attempts, .. } = &decision else {
+    fn within_budget(
+        &self,
+        decision: Decision,
+        event: &Result<TicketEvent, InvalidMessage>,
+        msg: &Inbound,
+    ) -> Decision {
+        let Decision::Park {
+            action,
+            error,
+            http_status,
+            attempts,
+            ..
+        } = &decision
+        else {
             return decision;
         };
         let elapsed = Duration::from_millis((now_ms() - msg.first_seen).max(0) as u64);
@@ -150,7 +173,10 @@ impl Bridge {
             action: Some(action),
             reason: FailureReason::RetriesExhausted,
             http_status: *http_status,
-            error: format!("gave up after {} of retries: {error}", humantime::format_duration(Duration::from_secs(elapsed.as_secs()))),
+            error: format!(
+                "gave up after {} of retries: {error}",
+                humantime::format_duration(Duration::from_secs(elapsed.as_secs()))
+            ),
             response: None,
             attempts: *attempts,
         })
@@ -163,11 +189,18 @@ impl Bridge {
         };
         let waited = Instant::now();
         loop {
-            match self.store.claim_start(&t.ticket_id, &req.bot_id, &req.user_id).await {
+            match self
+                .store
+                .claim_start(&t.ticket_id, &req.bot_id, &req.user_id)
+                .await
+            {
                 Err(e) => return park_store("start", e, msg),
                 Ok(StartClaim::Claimed) => break,
                 Ok(StartClaim::AlreadyStarted(r)) => {
-                    info!(conversation_id = r.conversation_id.as_deref(), "ticket already started: no second start call");
+                    info!(
+                        conversation_id = r.conversation_id.as_deref(),
+                        "ticket already started: no second start call"
+                    );
                     metrics::counter!("jelou_bridge_duplicates_absorbed_total", "event" => "ticket.opened").increment(1);
                     return Decision::Done(Outcome::started(
                         &t.ticket_id,
@@ -178,7 +211,13 @@ impl Bridge {
                 }
                 Ok(StartClaim::Busy(_)) => {
                     if waited.elapsed() >= self.settings.store.unknown_ticket_wait {
-                        return park("start", "another bridge process is starting this ticket".into(), None, msg.prior_attempts, None);
+                        return park(
+                            "start",
+                            "another bridge process is starting this ticket".into(),
+                            None,
+                            msg.prior_attempts,
+                            None,
+                        );
                     }
                     if !self.pause().await {
                         return Decision::Requeue;
@@ -186,13 +225,22 @@ impl Bridge {
                 }
             }
         }
-        let attempted = self.policy.run(Endpoint::Start, &self.shutdown, || self.jelou.start(&req)).await;
+        let attempted = self
+            .policy
+            .run(Endpoint::Start, &self.shutdown, || self.jelou.start(&req))
+            .await;
         let attempts = msg.prior_attempts + attempted.attempts;
         match attempted.result {
             Ok(started) => {
-                let conversation_id = match self.store.finish_start(&t.ticket_id, &started.conversation_id).await {
+                let conversation_id = match self
+                    .store
+                    .finish_start(&t.ticket_id, &started.conversation_id)
+                    .await
+                {
                     Ok(record) => {
-                        let stored = record.conversation_id.unwrap_or_else(|| started.conversation_id.clone());
+                        let stored = record
+                            .conversation_id
+                            .unwrap_or_else(|| started.conversation_id.clone());
                         if stored != started.conversation_id {
                             warn!(stored = %stored, ours = %started.conversation_id,
                                 "another process recorded a conversation for this ticket first");
@@ -207,7 +255,12 @@ impl Bridge {
                     }
                 };
                 info!(conversation_id = %conversation_id, attempts, "conversation started");
-                Decision::Done(Outcome::started(&t.ticket_id, &conversation_id, &req.bot_id, &req.user_id))
+                Decision::Done(Outcome::started(
+                    &t.ticket_id,
+                    &conversation_id,
+                    &req.bot_id,
+                    &req.user_id,
+                ))
             }
             Err(JelouError::Shutdown) => {
                 self.release(&t.ticket_id, None).await;
@@ -215,7 +268,13 @@ impl Bridge {
             }
             Err(e) if e.is_retryable() => {
                 self.release(&t.ticket_id, Some(&e.to_string())).await;
-                park("start", e.to_string(), e.http_status(), attempts, e.retry_after())
+                park(
+                    "start",
+                    e.to_string(),
+                    e.http_status(),
+                    attempts,
+                    e.retry_after(),
+                )
             }
             Err(e) => {
                 if let Err(se) = self.store.fail_start(&t.ticket_id, &e.to_string()).await {
@@ -237,9 +296,16 @@ impl Bridge {
             match claim {
                 CloseClaim::Claimed(r) => break r,
                 CloseClaim::AlreadyClosed(r) => {
-                    info!(conversation_id = r.conversation_id.as_deref(), "ticket already closed: no second close call");
+                    info!(
+                        conversation_id = r.conversation_id.as_deref(),
+                        "ticket already closed: no second close call"
+                    );
                     metrics::counter!("jelou_bridge_duplicates_absorbed_total", "event" => "ticket.resolved").increment(1);
-                    return Decision::Done(Outcome::closed(&t.ticket_id, r.conversation_id.as_deref(), r.ended_reason.as_deref()));
+                    return Decision::Done(Outcome::closed(
+                        &t.ticket_id,
+                        r.conversation_id.as_deref(),
+                        r.ended_reason.as_deref(),
+                    ));
                 }
                 CloseClaim::StartFailed(r) => {
                     return Decision::Failed(Failure {
@@ -264,9 +330,16 @@ impl Bridge {
                     return park("close", what.into(), None, msg.prior_attempts, None);
                 }
                 CloseClaim::Unknown if !patience_left => {
-                    let bot = t.bot_id.as_deref().or(self.settings.jelou.bot_id.as_deref());
+                    let bot = t
+                        .bot_id
+                        .as_deref()
+                        .or(self.settings.jelou.bot_id.as_deref());
                     match (bot, t.user_id.as_deref()) {
-                        (Some(bot), Some(user)) => match self.store.claim_close_unknown(&t.ticket_id, bot, user).await {
+                        (Some(bot), Some(user)) => match self
+                            .store
+                            .claim_close_unknown(&t.ticket_id, bot, user)
+                            .await
+                        {
                             Ok(CloseClaim::Claimed(r)) => break r,
                             Ok(_) => continue,
                             Err(e) => return park_store("close", e, msg),
@@ -294,28 +367,49 @@ impl Bridge {
                 }
             }
         };
-        let req = match close_request(t, record.bot_id.as_deref(), record.user_id.as_deref(), &self.settings) {
+        let req = match close_request(
+            t,
+            record.bot_id.as_deref(),
+            record.user_id.as_deref(),
+            &self.settings,
+        ) {
             Ok(req) => req,
             Err(missing) => {
                 let _ = self.store.fail_close(&t.ticket_id, &missing.0).await;
                 return invalid(&t.ticket_id, "close", &missing.0, msg);
             }
         };
-        let attempted = self.policy.run(Endpoint::Close, &self.shutdown, || self.jelou.close(&req)).await;
+        let attempted = self
+            .policy
+            .run(Endpoint::Close, &self.shutdown, || self.jelou.close(&req))
+            .await;
         let attempts = msg.prior_attempts + attempted.attempts;
         match attempted.result {
             Ok(closed) => {
                 let conversation_id = closed.conversation_id.or(record.conversation_id);
                 let stored = self
                     .store
-                    .finish_close(&t.ticket_id, conversation_id.as_deref(), closed.ended_reason.as_deref())
+                    .finish_close(
+                        &t.ticket_id,
+                        conversation_id.as_deref(),
+                        closed.ended_reason.as_deref(),
+                    )
                     .await;
                 if let Err(e) = &stored {
                     error!(error = %e, "conversation closed but the store could not record it");
                 }
-                let ended = closed.ended_reason.or_else(|| stored.ok().and_then(|r| r.ended_reason));
-                info!(conversation_id = conversation_id.as_deref(), attempts, "conversation closed");
-                Decision::Done(Outcome::closed(&t.ticket_id, conversation_id.as_deref(), ended.as_deref()))
+                let ended = closed
+                    .ended_reason
+                    .or_else(|| stored.ok().and_then(|r| r.ended_reason));
+                info!(
+                    conversation_id = conversation_id.as_deref(),
+                    attempts, "conversation closed"
+                );
+                Decision::Done(Outcome::closed(
+                    &t.ticket_id,
+                    conversation_id.as_deref(),
+                    ended.as_deref(),
+                ))
             }
             Err(JelouError::Shutdown) => {
                 self.release(&t.ticket_id, None).await;
@@ -323,7 +417,13 @@ impl Bridge {
             }
             Err(e) if e.is_retryable() => {
                 self.release(&t.ticket_id, Some(&e.to_string())).await;
-                park("close", e.to_string(), e.http_status(), attempts, e.retry_after())
+                park(
+                    "close",
+                    e.to_string(),
+                    e.http_status(),
+                    attempts,
+                    e.retry_after(),
+                )
             }
             Err(e) => {
                 if let Err(se) = self.store.fail_close(&t.ticket_id, &e.to_string()).await {
@@ -349,20 +449,56 @@ impl Bridge {
     }
 
     /// Carries a decision out on the broker and acks, nacks or requeues the delivery.
-    pub async fn settle(&self, delivery: &Delivery, msg: &Inbound, decision: Decision, publisher: &Publisher) {
+    pub async fn settle(
+        &self,
+        delivery: &Delivery,
+        msg: &Inbound,
+        decision: Decision,
+        publisher: &Publisher,
+    ) {
         let event = EventLabel::of(msg);
         let result = match decision {
             Decision::Done(outcome) => {
-                let label = if outcome.routing_key == crate::events::CONVERSATION_STARTED { "started" } else { "closed" };
-                self.publish_outcome(publisher, &outcome, msg).await.map(|_| label)
+                let label = if outcome.routing_key == crate::events::CONVERSATION_STARTED {
+                    "started"
+                } else {
+                    "closed"
+                };
+                self.publish_outcome(publisher, &outcome, msg)
+                    .await
+                    .map(|_| label)
             }
-            Decision::Failed(failure) => self.fail(publisher, &failure, msg).await.map(|_| "failed"),
-            Decision::Park { action, error, http_status, attempts, retry_after } => {
-                self.park(publisher, msg, action, &error, http_status, attempts, retry_after).await.map(|_| "parked")
+            Decision::Failed(failure) => {
+                self.fail(publisher, &failure, msg).await.map(|_| "failed")
             }
+            Decision::Park {
+                action,
+                error,
+                http_status,
+                attempts,
+                retry_after,
+            } => self
+                .park(
+                    publisher,
+                    msg,
+                    action,
+                    &error,
+                    http_status,
+                    attempts,
+                    retry_after,
+                )
+                .await
+                .map(|_| "parked"),
             Decision::Requeue => {
                 metrics::counter!("jelou_bridge_ticket_events_total", "event" => event.0, "outcome" => "requeued").increment(1);
-                if let Err(e) = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await {
+                if let Err(e) = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+                {
                     debug!(error = %e, "could not return the delivery (the broker will redeliver it)");
                 }
                 return;
@@ -378,16 +514,33 @@ impl Bridge {
             Err(e) => {
                 warn!(error = %e, "could not publish the outcome; returning the delivery to the queue");
                 metrics::counter!("jelou_bridge_ticket_events_total", "event" => event.0, "outcome" => "requeued").increment(1);
-                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
             }
         }
     }
 
     /// Publishes on the events exchange and, when asked for, to `reply_to`.
-    async fn publish_outcome(&self, publisher: &Publisher, outcome: &Outcome, msg: &Inbound) -> Result<(), PublishError> {
+    async fn publish_outcome(
+        &self,
+        publisher: &Publisher,
+        outcome: &Outcome,
+        msg: &Inbound,
+    ) -> Result<(), PublishError> {
         let body = serde_json::to_vec(&outcome.body).unwrap_or_default();
         let props = outcome_properties(outcome, msg.correlation_id());
-        let main = publisher.publish(&self.settings.amqp.events_exchange, &outcome.routing_key, &body, props.clone(), false);
+        let main = publisher.publish(
+            &self.settings.amqp.events_exchange,
+            &outcome.routing_key,
+            &body,
+            props.clone(),
+            false,
+        );
         match msg.reply_to() {
             None => main.await,
             Some(reply_to) => {
@@ -403,10 +556,15 @@ impl Bridge {
         }
     }
 
-    /// `ticket.failed`, then the message into the dead-letter queue with the reason on it.
-    async fn fail(&self, publisher: &Publisher, failure: &Failure, msg: &Inbound) -> Result<(), PublishError> {
+    /// The message into the dead-letter queue with the reason on it, then `ticket.failed`:
+    /// whoever sees the failure finds the dead letter already there.
+    async fn fail(
+        &self,
+        publisher: &Publisher,
+        failure: &Failure,
+        msg: &Inbound,
+    ) -> Result<(), PublishError> {
         warn!(reason = failure.reason.as_str(), http_status = failure.http_status, error = %failure.error, "ticket event failed");
-        self.publish_outcome(publisher, &Outcome::failed(failure), msg).await?;
         let mut table = msg.properties.headers().clone().unwrap_or_default();
         set_str(&mut table, headers::REASON, failure.reason.as_str());
         set_str(&mut table, headers::ERROR, &failure.error);
@@ -421,12 +579,24 @@ impl Bridge {
         if let Some(t) = &failure.ticket_id {
             set_str(&mut table, headers::TICKET_ID, t);
         }
-        let props = msg.properties.clone().with_headers(table).with_delivery_mode(2);
+        let props = msg
+            .properties
+            .clone()
+            .with_headers(table)
+            .with_delivery_mode(2);
         publisher
-            .publish(&self.settings.amqp.dead_letter_exchange(), &msg.routing_key, &msg.body, props, true)
+            .publish(
+                &self.settings.amqp.dead_letter_exchange(),
+                &msg.routing_key,
+                &msg.body,
+                props,
+                true,
+            )
             .await?;
-        metrics::counter!("jelou_bridge_dead_letters_total", "reason" => failure.reason.as_str()).increment(1);
-        Ok(())
+        metrics::counter!("jelou_bridge_dead_letters_total", "reason" => failure.reason.as_str())
+            .increment(1);
+        self.publish_outcome(publisher, &Outcome::failed(failure), msg)
+            .await
     }
 
     /// Into the delay queue of the tier this park reaches; it dead-letters back by itself.
@@ -455,8 +625,14 @@ impl Bridge {
         if let Some(status) = http_status {
             set_i64(&mut table, headers::HTTP_STATUS, i64::from(status));
         }
-        let props = msg.properties.clone().with_headers(table).with_delivery_mode(2);
-        publisher.publish("", &queue, &msg.body, props, true).await?;
+        let props = msg
+            .properties
+            .clone()
+            .with_headers(table)
+            .with_delivery_mode(2);
+        publisher
+            .publish("", &queue, &msg.body, props, true)
+            .await?;
         info!(action, delay = %humantime::format_duration(*tier), parked = msg.parked + 1, error, "parked in the delay queue");
         metrics::counter!("jelou_bridge_parked_total", "action" => action.to_string()).increment(1);
         Ok(())
@@ -517,8 +693,20 @@ fn rejected(action: &'static str, ticket_id: &str, e: &JelouError, attempts: u32
     })
 }
 
-fn park(action: &'static str, error: String, http_status: Option<u16>, attempts: u32, retry_after: Option<Duration>) -> Decision {
-    Decision::Park { action, error, http_status, attempts, retry_after }
+fn park(
+    action: &'static str,
+    error: String,
+    http_status: Option<u16>,
+    attempts: u32,
+    retry_after: Option<Duration>,
+) -> Decision {
+    Decision::Park {
+        action,
+        error,
+        http_status,
+        attempts,
+        retry_after,
+    }
 }
 
 fn park_store(action: &'static str, e: crate::store::StoreError, msg: &Inbound) -> Decision {

@@ -66,7 +66,11 @@ impl Outcome {
         )
     }
 
-    pub fn closed(ticket_id: &str, conversation_id: Option<&str>, ended_reason: Option<&str>) -> Self {
+    pub fn closed(
+        ticket_id: &str,
+        conversation_id: Option<&str>,
+        ended_reason: Option<&str>,
+    ) -> Self {
         Self::new(
             CONVERSATION_CLOSED,
             Some(ticket_id),
@@ -99,7 +103,12 @@ impl Outcome {
     }
 
     /// A Jelou webhook event, forwarded as `jelou.<event>`.
-    pub fn from_webhook(event: &str, ticket_id: Option<&str>, conversation_id: Option<&str>, payload: Value) -> Self {
+    pub fn from_webhook(
+        event: &str,
+        ticket_id: Option<&str>,
+        conversation_id: Option<&str>,
+        payload: Value,
+    ) -> Self {
         let routing_key = format!("jelou.{event}");
         Self::new(
             &routing_key.clone(),
@@ -153,10 +162,31 @@ mod tests {
         };
         let s = Outcome::started("T-1", "C-1", "B", "U");
         assert_eq!(s.routing_key, "conversation.started");
-        assert_eq!(keys(&s), ["botId", "conversationId", "event", "occurredAt", "status", "ticketId", "userId"]);
+        assert_eq!(
+            keys(&s),
+            [
+                "botId",
+                "conversationId",
+                "event",
+                "occurredAt",
+                "status",
+                "ticketId",
+                "userId"
+            ]
+        );
         assert_eq!(s.body["status"], "active");
         let c = Outcome::closed("T-1", Some("C-1"), Some("closed_by_operator"));
-        assert_eq!(keys(&c), ["conversationId", "endedReason", "event", "occurredAt", "status", "ticketId"]);
+        assert_eq!(
+            keys(&c),
+            [
+                "conversationId",
+                "endedReason",
+                "event",
+                "occurredAt",
+                "status",
+                "ticketId"
+            ]
+        );
         let f = Outcome::failed(&Failure {
             ticket_id: None,
             action: None,
@@ -166,12 +196,32 @@ mod tests {
             response: None,
             attempts: 0,
         });
-        assert_eq!(keys(&f), ["action", "attempts", "error", "event", "httpStatus", "occurredAt", "reason", "ticketId"]);
+        assert_eq!(
+            keys(&f),
+            [
+                "action",
+                "attempts",
+                "error",
+                "event",
+                "httpStatus",
+                "occurredAt",
+                "reason",
+                "ticketId"
+            ]
+        );
         assert_eq!(f.body["reason"], "invalid_message");
         assert!(f.body["ticketId"].is_null());
         let occurred = s.body["occurredAt"].as_str().unwrap();
-        assert!(humantime::parse_rfc3339(occurred).is_ok() && occurred.ends_with('Z'), "{occurred}");
-        let w = Outcome::from_webhook("conversation.close", Some("T-1"), Some("C-1"), serde_json::json!({"x": 1}));
+        assert!(
+            humantime::parse_rfc3339(occurred).is_ok() && occurred.ends_with('Z'),
+            "{occurred}"
+        );
+        let w = Outcome::from_webhook(
+            "conversation.close",
+            Some("T-1"),
+            Some("C-1"),
+            serde_json::json!({"x": 1}),
+        );
         assert_eq!(w.routing_key, "jelou.conversation.close");
         assert_eq!(keys(&w), ["conversationId", "event", "payload", "ticketId"]);
     }

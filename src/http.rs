@@ -21,7 +21,11 @@ pub struct HealthState {
     pub metrics: PrometheusHandle,
 }
 
-pub fn router(health: Arc<HealthState>, webhook: Arc<WebhookState>, max_body_bytes: usize) -> Router {
+pub fn router(
+    health: Arc<HealthState>,
+    webhook: Arc<WebhookState>,
+    max_body_bytes: usize,
+) -> Router {
     let probes = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
@@ -55,7 +59,10 @@ async fn readyz(State(state): State<Arc<HealthState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<HealthState>>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         state.metrics.render(),
     )
         .into_response()

@@ -9,11 +9,15 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
+/// The last entry of one ticket's lane: its sequence number and the receiver that fires
+/// when it is done (taken by the entry after it).
+type Tail = (u64, Option<oneshot::Receiver<()>>);
+
 #[derive(Default)]
 pub struct TicketLanes {
     /// Per ticket: the sequence number of the last entry and the receiver that fires when it
     /// is done. Entries remove themselves when they finish last.
-    tails: Mutex<HashMap<String, (u64, Option<oneshot::Receiver<()>>)>>,
+    tails: Mutex<HashMap<String, Tail>>,
     next_seq: std::sync::atomic::AtomicU64,
 }
 
@@ -28,13 +32,21 @@ pub struct LanePlace {
 
 impl TicketLanes {
     pub fn enter(self: &Arc<Self>, ticket_id: &str) -> LanePlace {
-        let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seq = self
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
         let before = tails
             .insert(ticket_id.to_string(), (seq, Some(rx)))
             .and_then(|(_, rx)| rx);
-        LanePlace { lanes: self.clone(), key: ticket_id.to_string(), seq, before, _done: tx }
+        LanePlace {
+            lanes: self.clone(),
+            key: ticket_id.to_string(),
+            seq,
+            before,
+            _done: tx,
+        }
     }
 
     /// Tickets with work queued or running (for tests and metrics).
@@ -60,7 +72,10 @@ impl LanePlace {
 impl Drop for LanePlace {
     fn drop(&mut self) {
         let mut tails = self.lanes.tails.lock().unwrap_or_else(|e| e.into_inner());
-        if tails.get(&self.key).is_some_and(|(seq, _)| *seq == self.seq) {
+        if tails
+            .get(&self.key)
+            .is_some_and(|(seq, _)| *seq == self.seq)
+        {
             tails.remove(&self.key);
         }
     }

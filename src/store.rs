@@ -195,15 +195,18 @@ impl Store {
     }
 
     pub async fn get(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError> {
-        Ok(
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM tickets WHERE ticket_id = $1"))
-                .bind(ticket_id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM tickets WHERE ticket_id = $1"
+        ))
+        .bind(ticket_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
-    pub async fn find_by_conversation(&self, conversation_id: &str) -> Result<Option<TicketRecord>, StoreError> {
+    pub async fn find_by_conversation(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Option<TicketRecord>, StoreError> {
         Ok(sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM tickets WHERE conversation_id = $1 ORDER BY updated_at DESC LIMIT 1"
         ))
@@ -213,22 +216,28 @@ impl Store {
     }
 
     /// Tickets, newest first, optionally in one state.
-    pub async fn list(&self, state: Option<TicketState>, limit: i64) -> Result<Vec<TicketRecord>, StoreError> {
+    pub async fn list(
+        &self,
+        state: Option<TicketState>,
+        limit: i64,
+    ) -> Result<Vec<TicketRecord>, StoreError> {
         let rows = match state {
             Some(s) => {
                 sqlx::query_as(&format!(
-                    "SELECT {COLUMNS} FROM tickets WHERE state = $1 ORDER BY updated_at DESC LIMIT $2"
-                ))
+                "SELECT {COLUMNS} FROM tickets WHERE state = $1 ORDER BY updated_at DESC LIMIT $2"
+            ))
                 .bind(s.as_str())
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?
             }
             None => {
-                sqlx::query_as(&format!("SELECT {COLUMNS} FROM tickets ORDER BY updated_at DESC LIMIT $1"))
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query_as(&format!(
+                    "SELECT {COLUMNS} FROM tickets ORDER BY updated_at DESC LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
             }
         };
         Ok(rows)
@@ -237,7 +246,12 @@ impl Store {
     /// Takes the ticket for a start call, unless it was started already or another live
     /// process is starting it. A ticket whose start failed for good, or whose starter let go
     /// (parked) or died (lease expired), can be taken again.
-    pub async fn claim_start(&self, ticket_id: &str, bot_id: &str, user_id: &str) -> Result<StartClaim, StoreError> {
+    pub async fn claim_start(
+        &self,
+        ticket_id: &str,
+        bot_id: &str,
+        user_id: &str,
+    ) -> Result<StartClaim, StoreError> {
         let now = now_ms();
         let claimed = sqlx::query(
             "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, attempts, created_at, updated_at) \
@@ -272,7 +286,11 @@ impl Store {
 
     /// Records the conversation Jelou opened. Returns the ticket as stored afterwards: when
     /// another process recorded a conversation first, that one stands.
-    pub async fn finish_start(&self, ticket_id: &str, conversation_id: &str) -> Result<TicketRecord, StoreError> {
+    pub async fn finish_start(
+        &self,
+        ticket_id: &str,
+        conversation_id: &str,
+    ) -> Result<TicketRecord, StoreError> {
         sqlx::query(
             "UPDATE tickets SET state = 'active', conversation_id = $2, owner = NULL, lease_until = NULL, \
              last_error = NULL, updated_at = $3 WHERE ticket_id = $1 AND state = 'starting'",
@@ -346,7 +364,12 @@ impl Store {
     }
 
     /// Takes a ticket the store has never seen for a close, with the ids its message gave.
-    pub async fn claim_close_unknown(&self, ticket_id: &str, bot_id: &str, user_id: &str) -> Result<CloseClaim, StoreError> {
+    pub async fn claim_close_unknown(
+        &self,
+        ticket_id: &str,
+        bot_id: &str,
+        user_id: &str,
+    ) -> Result<CloseClaim, StoreError> {
         let now = now_ms();
         let inserted: Option<TicketRecord> = sqlx::query_as(&format!(
             "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, attempts, created_at, updated_at) \
@@ -417,7 +440,11 @@ impl Store {
     }
 
     /// Jelou said a conversation started for this ticket (its webhook).
-    pub async fn note_conversation_started(&self, ticket_id: &str, conversation_id: &str) -> Result<(), StoreError> {
+    pub async fn note_conversation_started(
+        &self,
+        ticket_id: &str,
+        conversation_id: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE tickets SET conversation_id = $2, updated_at = $3 WHERE ticket_id = $1 AND conversation_id IS NULL",
         )
@@ -431,7 +458,11 @@ impl Store {
 
     /// Jelou said a conversation was closed (say by an operator): a later `ticket.resolved`
     /// then makes no close call.
-    pub async fn note_conversation_closed(&self, conversation_id: &str, reason: Option<&str>) -> Result<(), StoreError> {
+    pub async fn note_conversation_closed(
+        &self,
+        conversation_id: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE tickets SET state = 'closed', ended_reason = COALESCE($2, ended_reason), \
              updated_at = $3 WHERE conversation_id = $1 AND state IN ('active', 'closing')",
@@ -483,7 +514,10 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
     if path.is_empty() || path == ":memory:" {
         return Ok(url.to_string());
     }
-    if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = std::path::Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
     }

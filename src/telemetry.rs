@@ -23,7 +23,12 @@ pub fn init_logging(settings: &LogSettings) {
         .with_writer(std::io::stderr)
         .with_target(true);
     let _ = if json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
     } else {
         builder.compact().try_init()
     };
@@ -37,7 +42,9 @@ pub fn metrics_handle() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Suffix("duration_seconds".into()),
-                    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ],
                 )
                 .expect("bucket list is not empty")
                 .build_recorder();
@@ -52,14 +59,45 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("jelou_bridge_ticket_events_total", "Ticket events consumed, by event and outcome (started, closed, failed, parked, requeued).");
-    describe_counter!("jelou_bridge_jelou_requests_total", "Calls to Jelou, by endpoint and status class.");
-    describe_histogram!("jelou_bridge_jelou_request_duration_seconds", Unit::Seconds, "Latency of calls to Jelou, by endpoint.");
-    describe_counter!("jelou_bridge_jelou_retries_total", "In-process retries of Jelou calls, by endpoint.");
-    describe_counter!("jelou_bridge_parked_total", "Messages parked in a delay queue, by action.");
-    describe_counter!("jelou_bridge_dead_letters_total", "Messages dead-lettered, by reason.");
-    describe_counter!("jelou_bridge_duplicates_absorbed_total", "Redelivered or duplicated events answered from the store without calling Jelou.");
-    describe_gauge!("jelou_bridge_inflight_deliveries", "Deliveries being handled now.");
-    describe_gauge!("jelou_bridge_broker_connected", "1 while the broker connection is up.");
-    describe_counter!("jelou_bridge_webhook_requests_total", "Jelou webhook requests, by event and verdict.");
+    describe_counter!(
+        "jelou_bridge_ticket_events_total",
+        "Ticket events consumed, by event and outcome (started, closed, failed, parked, requeued)."
+    );
+    describe_counter!(
+        "jelou_bridge_jelou_requests_total",
+        "Calls to Jelou, by endpoint and status class."
+    );
+    describe_histogram!(
+        "jelou_bridge_jelou_request_duration_seconds",
+        Unit::Seconds,
+        "Latency of calls to Jelou, by endpoint."
+    );
+    describe_counter!(
+        "jelou_bridge_jelou_retries_total",
+        "In-process retries of Jelou calls, by endpoint."
+    );
+    describe_counter!(
+        "jelou_bridge_parked_total",
+        "Messages parked in a delay queue, by action."
+    );
+    describe_counter!(
+        "jelou_bridge_dead_letters_total",
+        "Messages dead-lettered, by reason."
+    );
+    describe_counter!(
+        "jelou_bridge_duplicates_absorbed_total",
+        "Redelivered or duplicated events answered from the store without calling Jelou."
+    );
+    describe_gauge!(
+        "jelou_bridge_inflight_deliveries",
+        "Deliveries being handled now."
+    );
+    describe_gauge!(
+        "jelou_bridge_broker_connected",
+        "1 while the broker connection is up."
+    );
+    describe_counter!(
+        "jelou_bridge_webhook_requests_total",
+        "Jelou webhook requests, by event and verdict."
+    );
 }

@@ -103,21 +103,34 @@ pub struct InvalidMessage {
 
 /// Reads one inbound message. The event type is the body's `event` field when present, else
 /// `routing_key`.
-pub fn decode(routing_key: &str, body: &[u8], max_bytes: usize) -> Result<TicketEvent, InvalidMessage> {
-    let invalid = |ticket_id: Option<String>, kind: Option<EventKind>, detail: String| InvalidMessage {
-        ticket_id,
-        kind,
-        detail,
-    };
+pub fn decode(
+    routing_key: &str,
+    body: &[u8],
+    max_bytes: usize,
+) -> Result<TicketEvent, InvalidMessage> {
+    let invalid =
+        |ticket_id: Option<String>, kind: Option<EventKind>, detail: String| InvalidMessage {
+            ticket_id,
+            kind,
+            detail,
+        };
     if body.len() > max_bytes {
         return Err(invalid(
             None,
             EventKind::parse(routing_key),
-            format!("body is {} bytes, over the {max_bytes}-byte limit", body.len()),
+            format!(
+                "body is {} bytes, over the {max_bytes}-byte limit",
+                body.len()
+            ),
         ));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| invalid(None, EventKind::parse(routing_key), format!("body is not JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        invalid(
+            None,
+            EventKind::parse(routing_key),
+            format!("body is not JSON: {e}"),
+        )
+    })?;
     let Value::Object(obj) = &value else {
         return Err(invalid(
             None,
@@ -133,7 +146,11 @@ pub fn decode(routing_key: &str, body: &[u8], max_bytes: usize) -> Result<Ticket
         .map(str::to_string);
     let kind = match obj.get("event") {
         Some(Value::String(name)) => EventKind::parse(name).ok_or_else(|| {
-            invalid(ticket_id.clone(), None, format!("unknown event type {name:?}"))
+            invalid(
+                ticket_id.clone(),
+                None,
+                format!("unknown event type {name:?}"),
+            )
         })?,
         Some(other) => {
             return Err(invalid(
@@ -150,7 +167,11 @@ pub fn decode(routing_key: &str, body: &[u8], max_bytes: usize) -> Result<Ticket
             )
         })?,
     };
-    let fields = Fields { obj, ticket_id: ticket_id.clone(), kind };
+    let fields = Fields {
+        obj,
+        ticket_id: ticket_id.clone(),
+        kind,
+    };
     let ticket_id = fields.required_str("ticketId")?;
     match kind {
         EventKind::Opened => Ok(TicketEvent::Opened(TicketOpened {
@@ -224,7 +245,11 @@ impl Fields<'_> {
         let Some(obj) = self.optional_object("assignment")? else {
             return Ok(None);
         };
-        let inner = Fields { obj: &obj, ticket_id: self.ticket_id.clone(), kind: self.kind };
+        let inner = Fields {
+            obj: &obj,
+            ticket_id: self.ticket_id.clone(),
+            kind: self.kind,
+        };
         let kind = inner
             .required_str("type")
             .map_err(|e| self.error(format!("assignment: {}", e.detail)))?;
@@ -307,7 +332,9 @@ pub fn start_request(t: &TicketOpened, settings: &Settings) -> Result<StartReque
         .bot_id
         .clone()
         .or_else(|| settings.jelou.bot_id.clone().filter(|b| !b.is_empty()))
-        .ok_or_else(|| MissingField("field `botId` is required (no jelou.bot_id is configured)".into()))?;
+        .ok_or_else(|| {
+            MissingField("field `botId` is required (no jelou.bot_id is configured)".into())
+        })?;
     let mut metadata = t.metadata.clone();
     metadata.insert("ticketId".into(), Value::String(t.ticket_id.clone()));
     let assignment = t.assignment.clone().unwrap_or_else(|| Assignment {
@@ -452,20 +479,38 @@ mod tests {
         b["queue"] = json!("VENTAS");
         assert_eq!(
             start_request(&opened(b), &s).unwrap().assignment,
-            Assignment { kind: "operator".into(), target: "agent-7".into() }
+            Assignment {
+                kind: "operator".into(),
+                target: "agent-7".into()
+            }
         );
         // 2. the message's queue
         let mut b = base.clone();
         b["queue"] = json!("VENTAS");
-        assert_eq!(start_request(&opened(b), &s).unwrap().assignment.target, "VENTAS");
+        assert_eq!(
+            start_request(&opened(b), &s).unwrap().assignment.target,
+            "VENTAS"
+        );
         // 3. the first matching rule (billing comes before priority)
-        assert_eq!(start_request(&opened(base), &s).unwrap().assignment.target, "FACTURACION");
+        assert_eq!(
+            start_request(&opened(base), &s).unwrap().assignment.target,
+            "FACTURACION"
+        );
         let b = json!({"ticketId": "T-1", "userId": "U", "botId": "B", "metadata": {"priority": "urgent"}});
-        assert_eq!(start_request(&opened(b), &s).unwrap().assignment.target, "PRIORIDAD");
+        assert_eq!(
+            start_request(&opened(b), &s).unwrap().assignment.target,
+            "PRIORIDAD"
+        );
         // 4. the default queue
         let b = json!({"ticketId": "T-1", "userId": "U", "botId": "B"});
         let a = start_request(&opened(b), &s).unwrap().assignment;
-        assert_eq!(a, Assignment { kind: "queue".into(), target: "SOPORTE".into() });
+        assert_eq!(
+            a,
+            Assignment {
+                kind: "queue".into(),
+                target: "SOPORTE".into()
+            }
+        );
     }
 
     #[test]
@@ -480,9 +525,19 @@ mod tests {
     #[test]
     fn event_field_wins_over_routing_key() {
         let body = json!({"event": "ticket.resolved", "ticketId": "T-1"}).to_string();
-        assert_eq!(decode("ticket.opened", body.as_bytes(), MAX).unwrap().kind(), EventKind::Resolved);
+        assert_eq!(
+            decode("ticket.opened", body.as_bytes(), MAX)
+                .unwrap()
+                .kind(),
+            EventKind::Resolved
+        );
         let body = json!({"ticketId": "T-1", "userId": "U"}).to_string();
-        assert_eq!(decode("ticket.opened", body.as_bytes(), MAX).unwrap().kind(), EventKind::Opened);
+        assert_eq!(
+            decode("ticket.opened", body.as_bytes(), MAX)
+                .unwrap()
+                .kind(),
+            EventKind::Opened
+        );
     }
 
     #[test]
@@ -491,19 +546,43 @@ mod tests {
             (b"{not json", "not JSON", None),
             (b"[1,2]", "JSON object", None),
             (br#"{"userId":"U"}"#, "`ticketId` is required", None),
-            (br#"{"ticketId":"T-9","userId":5}"#, "`userId`: expected a string, got a number", Some("T-9")),
-            (br#"{"ticketId":"T-9","userId":"U","metadata":"x"}"#, "`metadata`: expected an object", Some("T-9")),
-            (br#"{"ticketId":"T-9","userId":"U","assignment":{"type":"robot","target":"x"}}"#, "assignment.type", Some("T-9")),
-            (br#"{"ticketId":"T-9","event":"ticket.exploded"}"#, "unknown event type", Some("T-9")),
+            (
+                br#"{"ticketId":"T-9","userId":5}"#,
+                "`userId`: expected a string, got a number",
+                Some("T-9"),
+            ),
+            (
+                br#"{"ticketId":"T-9","userId":"U","metadata":"x"}"#,
+                "`metadata`: expected an object",
+                Some("T-9"),
+            ),
+            (
+                br#"{"ticketId":"T-9","userId":"U","assignment":{"type":"robot","target":"x"}}"#,
+                "assignment.type",
+                Some("T-9"),
+            ),
+            (
+                br#"{"ticketId":"T-9","event":"ticket.exploded"}"#,
+                "unknown event type",
+                Some("T-9"),
+            ),
             (br#"{"ticketId":""}"#, "`ticketId` must not be empty", None),
         ];
         for (body, expected, ticket) in cases {
             let err = decode("ticket.opened", body, MAX).unwrap_err();
-            assert!(err.detail.contains(expected), "{:?}: {}", String::from_utf8_lossy(body), err.detail);
+            assert!(
+                err.detail.contains(expected),
+                "{:?}: {}",
+                String::from_utf8_lossy(body),
+                err.detail
+            );
             assert_eq!(err.ticket_id.as_deref(), *ticket);
         }
         let big = vec![b' '; MAX + 1];
-        assert!(decode("ticket.opened", &big, MAX).unwrap_err().detail.contains("over the"));
+        assert!(decode("ticket.opened", &big, MAX)
+            .unwrap_err()
+            .detail
+            .contains("over the"));
         let err = decode("other.key", br#"{"ticketId":"T"}"#, MAX).unwrap_err();
         assert!(err.detail.contains("not a ticket event"));
     }
@@ -511,21 +590,43 @@ mod tests {
     #[test]
     fn close_payload_precedence_and_default_text() {
         let s = Settings::defaults();
-        let resolved = |body: Value| match decode("ticket.resolved", body.to_string().as_bytes(), MAX).unwrap() {
+        let resolved = |body: Value| match decode(
+            "ticket.resolved",
+            body.to_string().as_bytes(),
+            MAX,
+        )
+        .unwrap()
+        {
             TicketEvent::Resolved(t) => t,
             other => panic!("{other:?}"),
         };
         let t = resolved(json!({"ticketId": "T-1", "userId": "U", "botId": "B",
             "closingMessage": "bye", "redirectPayload": {"type": "edge", "text": "x"}}));
-        assert_eq!(close_request(&t, None, None, &s).unwrap().redirect_payload, json!({"type": "edge", "text": "x"}));
-        let t = resolved(json!({"ticketId": "T-1", "userId": "U", "botId": "B", "closingMessage": "bye"}));
-        assert_eq!(close_request(&t, None, None, &s).unwrap().redirect_payload, json!({"type": "text", "text": "bye"}));
+        assert_eq!(
+            close_request(&t, None, None, &s).unwrap().redirect_payload,
+            json!({"type": "edge", "text": "x"})
+        );
+        let t = resolved(
+            json!({"ticketId": "T-1", "userId": "U", "botId": "B", "closingMessage": "bye"}),
+        );
+        assert_eq!(
+            close_request(&t, None, None, &s).unwrap().redirect_payload,
+            json!({"type": "text", "text": "bye"})
+        );
         let t = resolved(json!({"ticketId": "T-77"}));
         let req = close_request(&t, Some("B0"), Some("U0"), &s).unwrap();
         assert_eq!((req.bot_id.as_str(), req.user_id.as_str()), ("B0", "U0"));
         let text = req.redirect_payload["text"].as_str().unwrap();
-        assert!(text.contains("T-77") && !text.contains("{ticketId}"), "{text}");
+        assert!(
+            text.contains("T-77") && !text.contains("{ticketId}"),
+            "{text}"
+        );
         assert!(close_request(&t, None, None, &s).is_err());
-        assert!(decode("ticket.resolved", br#"{"ticketId":"T","redirectPayload":{"type":"video"}}"#, MAX).is_err());
+        assert!(decode(
+            "ticket.resolved",
+            br#"{"ticketId":"T","redirectPayload":{"type":"video"}}"#,
+            MAX
+        )
+        .is_err());
     }
 }

@@ -68,8 +68,14 @@ pub fn dedup_key(event: &str, payload: &Value) -> String {
     }
     format!(
         "{event}:{}:{}",
-        payload.pointer("/conversation/id").and_then(value_text).unwrap_or_default(),
-        payload.get("timestamp").and_then(value_text).unwrap_or_default()
+        payload
+            .pointer("/conversation/id")
+            .and_then(value_text)
+            .unwrap_or_default(),
+        payload
+            .get("timestamp")
+            .and_then(value_text)
+            .unwrap_or_default()
     )
 }
 
@@ -91,29 +97,72 @@ fn reply(status: StatusCode, verdict: &'static str, event: &str, detail: &str) -
     (status, Json(body)).into_response()
 }
 
-pub async fn handle(State(state): State<Arc<WebhookState>>, headers_in: HeaderMap, body: Bytes) -> Response {
-    let Some(secret) = state.secret.as_ref().filter(|s| !s.expose_secret().is_empty()) else {
-        return reply(StatusCode::SERVICE_UNAVAILABLE, "not_configured", "unknown",
-            "webhook.signing_secret is not configured; unsigned events are never accepted");
+pub async fn handle(
+    State(state): State<Arc<WebhookState>>,
+    headers_in: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(secret) = state
+        .secret
+        .as_ref()
+        .filter(|s| !s.expose_secret().is_empty())
+    else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_configured",
+            "unknown",
+            "webhook.signing_secret is not configured; unsigned events are never accepted",
+        );
     };
-    let signature = headers_in.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    let signature = headers_in
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
     if !verify(secret.expose_secret().as_bytes(), &body, signature) {
-        let detail = if signature.is_none() { "missing X-Jelou-Signature" } else { "X-Jelou-Signature does not match the body" };
+        let detail = if signature.is_none() {
+            "missing X-Jelou-Signature"
+        } else {
+            "X-Jelou-Signature does not match the body"
+        };
         warn!(detail, "webhook refused");
         return reply(StatusCode::UNAUTHORIZED, "bad_signature", "unknown", detail);
     }
     let payload: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return reply(StatusCode::BAD_REQUEST, "invalid", "unknown", "body must be a JSON object"),
-        Err(e) => return reply(StatusCode::BAD_REQUEST, "invalid", "unknown", &format!("body is not JSON: {e}")),
+        Ok(_) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "unknown",
+                "body must be a JSON object",
+            )
+        }
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "unknown",
+                &format!("body is not JSON: {e}"),
+            )
+        }
     };
     let event = match payload.get("event").and_then(Value::as_str) {
         Some(e) if EVENTS.contains(&e) => e.to_string(),
         Some(e) => {
-            return reply(StatusCode::BAD_REQUEST, "unknown_event", "unknown",
-                &format!("unknown event {e:?}; expected one of {}", EVENTS.join(", ")))
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "unknown_event",
+                "unknown",
+                &format!("unknown event {e:?}; expected one of {}", EVENTS.join(", ")),
+            )
         }
-        None => return reply(StatusCode::BAD_REQUEST, "invalid", "unknown", "no `event` field"),
+        None => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "unknown",
+                "no `event` field",
+            )
+        }
     };
     let conversation_id = payload.pointer("/conversation/id").and_then(value_text);
     let key = dedup_key(&event, &payload);
@@ -125,7 +174,12 @@ pub async fn handle(State(state): State<Arc<WebhookState>>, headers_in: HeaderMa
         }
         Err(e) => {
             warn!(error = %e, "webhook: store unavailable");
-            return reply(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &event, "the ticket store is unavailable; retry later");
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                &event,
+                "the ticket store is unavailable; retry later",
+            );
         }
     }
     match forward(&state, &event, conversation_id.as_deref(), &payload, &key).await {
@@ -137,7 +191,12 @@ pub async fn handle(State(state): State<Arc<WebhookState>>, headers_in: HeaderMa
             // Not published: forget the delivery so Jelou's retry is not taken for a duplicate.
             let _ = state.store.forget_webhook(&key).await;
             warn!(event = %event, detail = %detail, "webhook not published");
-            reply(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", &event, &detail)
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                &event,
+                &detail,
+            )
         }
     }
 }
@@ -165,17 +224,31 @@ async fn forward(
         (None, None) => None,
     };
     match (event, &ticket_id, conversation_id) {
-        ("conversation.start", Some(t), Some(c)) => {
-            state.store.note_conversation_started(t, c).await.map_err(|e| e.to_string())?
-        }
+        ("conversation.start", Some(t), Some(c)) => state
+            .store
+            .note_conversation_started(t, c)
+            .await
+            .map_err(|e| e.to_string())?,
         ("conversation.close", _, Some(c)) => {
             let reason = payload.pointer("/value/reason").and_then(Value::as_str);
-            state.store.note_conversation_closed(c, reason).await.map_err(|e| e.to_string())?
+            state
+                .store
+                .note_conversation_closed(c, reason)
+                .await
+                .map_err(|e| e.to_string())?
         }
         _ => {}
     }
-    let outcome = Outcome::from_webhook(event, ticket_id.as_deref(), conversation_id, payload.clone());
-    let publisher = state.link.publisher().ok_or("the broker is not connected")?;
+    let outcome = Outcome::from_webhook(
+        event,
+        ticket_id.as_deref(),
+        conversation_id,
+        payload.clone(),
+    );
+    let publisher = state
+        .link
+        .publisher()
+        .ok_or("the broker is not connected")?;
     let mut table = lapin::types::FieldTable::default();
     if let Some(t) = &ticket_id {
         set_str(&mut table, headers::TICKET_ID, t);
@@ -191,7 +264,13 @@ async fn forward(
     }
     let body = serde_json::to_vec(&outcome.body).map_err(|e| e.to_string())?;
     publisher
-        .publish(&state.events_exchange, &outcome.routing_key, &body, props, false)
+        .publish(
+            &state.events_exchange,
+            &outcome.routing_key,
+            &body,
+            props,
+            false,
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(ticket_id)
@@ -210,7 +289,11 @@ mod tests {
         assert!(!verify(b"other", b"{\"a\":1}", Some(&sig)));
         assert!(!verify(b"secret", b"{\"a\":1}", None));
         assert!(!verify(b"secret", b"{\"a\":1}", Some("sha256=zz")));
-        assert!(!verify(b"secret", b"{\"a\":1}", Some(sig.trim_start_matches("sha256="))));
+        assert!(!verify(
+            b"secret",
+            b"{\"a\":1}",
+            Some(sig.trim_start_matches("sha256="))
+        ));
     }
 
     #[test]
@@ -218,6 +301,9 @@ mod tests {
         let m = json!({"event": "message", "value": {"id": "m-1"}, "timestamp": 5});
         assert_eq!(dedup_key("message", &m), "message:m-1");
         let c = json!({"event": "conversation.close", "conversation": {"id": "c-1"}, "timestamp": 1777992928697u64});
-        assert_eq!(dedup_key("conversation.close", &c), "conversation.close:c-1:1777992928697");
+        assert_eq!(
+            dedup_key("conversation.close", &c),
+            "conversation.close:c-1:1777992928697"
+        );
     }
 }

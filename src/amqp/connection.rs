@@ -41,5 +41,8 @@ fn tls_config(settings: &AmqpSettings) -> anyhow::Result<OwnedTLSConfig> {
             key: read("amqp.client_key_file", &settings.client_key_file)?,
         })
     };
-    Ok(OwnedTLSConfig { identity, cert_chain })
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
 }

@@ -34,7 +34,12 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
             s = open_session(&bridge, &name) => s,
             _ = shutdown.cancelled() => break,
         };
-        let Session { conn, publisher, mut consumers, consuming } = match session {
+        let Session {
+            conn,
+            publisher,
+            mut consumers,
+            consuming,
+        } = match session {
             Ok(s) => s,
             Err(e) => {
                 link.set(None);
@@ -55,7 +60,9 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
                 _ = shutdown.cancelled() => break false,
             };
             match next {
-                Some((queue, Ok(delivery))) => dispatch(&bridge, &lanes, &tracker, &publisher, &queue, delivery),
+                Some((queue, Ok(delivery))) => {
+                    dispatch(&bridge, &lanes, &tracker, &publisher, &queue, delivery)
+                }
                 Some((queue, Err(e))) => {
                     error!(queue = %queue, error = %e, "consumer failed; reconnecting");
                     break true;
@@ -82,7 +89,9 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
     drain(&tracker, settings.shutdown.grace).await;
 }
 
-type Consumers = SelectAll<futures_util::stream::BoxStream<'static, (Arc<str>, lapin::Result<lapin::message::Delivery>)>>;
+type Consumers = SelectAll<
+    futures_util::stream::BoxStream<'static, (Arc<str>, lapin::Result<lapin::message::Delivery>)>,
+>;
 
 /// One connection's worth of broker state.
 struct Session {
@@ -105,7 +114,9 @@ async fn open_session(bridge: &Bridge, name: &str) -> anyhow::Result<Session> {
     for queue in amqp.consumed_queues() {
         // One channel per queue, so the prefetch bound holds per queue.
         let channel = conn.create_channel().await?;
-        channel.basic_qos(amqp.prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(amqp.prefetch, BasicQosOptions::default())
+            .await?;
         let tag = format!("{name} {queue}");
         let consumer: Consumer = channel
             .basic_consume(
@@ -119,7 +130,12 @@ async fn open_session(bridge: &Bridge, name: &str) -> anyhow::Result<Session> {
         consumers.push(consumer.map(move |d| (queue.clone(), d)).boxed());
         consuming.push((channel, tag));
     }
-    Ok(Session { conn, publisher, consumers, consuming })
+    Ok(Session {
+        conn,
+        publisher,
+        consumers,
+        consuming,
+    })
 }
 
 /// Decodes in delivery order (so the ticket lanes keep publish order), then spawns the work.
@@ -132,7 +148,11 @@ fn dispatch(
     delivery: lapin::message::Delivery,
 ) {
     let msg = Inbound::from_delivery(&delivery, queue);
-    let event = ticket::decode(&msg.routing_key, &msg.body, bridge.settings.amqp.max_message_bytes);
+    let event = ticket::decode(
+        &msg.routing_key,
+        &msg.body,
+        bridge.settings.amqp.max_message_bytes,
+    );
     let ticket_id = match &event {
         Ok(e) => Some(e.ticket_id().to_string()),
         Err(invalid) => invalid.ticket_id.clone(),
@@ -165,7 +185,10 @@ fn dispatch(
 /// stay open so in-flight work can still ack them.
 async fn stop_consuming(consuming: &[(Channel, String)]) {
     for (channel, tag) in consuming {
-        if let Err(e) = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
+        if let Err(e) = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await
+        {
             warn!(error = %e, "could not cancel a consumer");
         }
     }
@@ -174,7 +197,10 @@ async fn stop_consuming(consuming: &[(Channel, String)]) {
 async fn drain(tracker: &TaskTracker, grace: Duration) {
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        warn!(grace_ms = grace.as_millis() as u64, "in-flight work did not finish in time; it goes back to the queue");
+        warn!(
+            grace_ms = grace.as_millis() as u64,
+            "in-flight work did not finish in time; it goes back to the queue"
+        );
     }
 }
 

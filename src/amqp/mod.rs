@@ -52,7 +52,10 @@ pub fn header_i64(table: Option<&FieldTable>, key: &str) -> Option<i64> {
 }
 
 pub fn set_str(table: &mut FieldTable, key: &str, value: &str) {
-    table.insert(ShortString::from(key), AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())));
+    table.insert(
+        ShortString::from(key),
+        AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
+    );
 }
 
 pub fn set_i64(table: &mut FieldTable, key: &str, value: i64) {

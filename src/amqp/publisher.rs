@@ -33,8 +33,13 @@ pub struct Publisher {
 impl Publisher {
     pub async fn open(conn: &Connection, confirm_timeout: Duration) -> lapin::Result<Publisher> {
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Publisher { channel, confirm_timeout })
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher {
+            channel,
+            confirm_timeout,
+        })
     }
 
     pub fn channel(&self) -> &Channel {
@@ -57,7 +62,10 @@ impl Publisher {
                 .basic_publish(
                     exchange.into(),
                     routing_key.into(),
-                    BasicPublishOptions { mandatory, ..BasicPublishOptions::default() },
+                    BasicPublishOptions {
+                        mandatory,
+                        ..BasicPublishOptions::default()
+                    },
                     body,
                     properties,
                 )
@@ -72,7 +80,9 @@ impl Publisher {
                     returned.reply_code, returned.reply_text
                 ))),
                 Confirmation::Nack(_) => Err(PublishError::Nacked),
-                Confirmation::NotRequested => Err(PublishError::Broker("channel is not in confirm mode".into())),
+                Confirmation::NotRequested => Err(PublishError::Broker(
+                    "channel is not in confirm mode".into(),
+                )),
             }
         };
         match tokio::time::timeout(self.confirm_timeout, wait).await {
@@ -95,11 +105,18 @@ impl BrokerLink {
     pub fn set(&self, publisher: Option<Publisher>) {
         self.connected.store(publisher.is_some(), Ordering::SeqCst);
         *self.publisher.write().unwrap_or_else(|e| e.into_inner()) = publisher;
-        metrics::gauge!("jelou_bridge_broker_connected").set(if self.is_connected() { 1.0 } else { 0.0 });
+        metrics::gauge!("jelou_bridge_broker_connected").set(if self.is_connected() {
+            1.0
+        } else {
+            0.0
+        });
     }
 
     pub fn publisher(&self) -> Option<Publisher> {
-        self.publisher.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.publisher
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn is_connected(&self) -> bool {

@@ -17,7 +17,10 @@ pub fn delay_queue(queue: &str, delay: Duration) -> String {
 }
 
 fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
 }
 
 fn put(args: &mut FieldTable, key: &str, value: AMQPValue) {
@@ -46,59 +49,122 @@ fn base_args(amqp: &AmqpSettings) -> FieldTable {
 /// Arguments of a queue the bridge consumes.
 pub fn work_queue_args(amqp: &AmqpSettings, single_active_consumer: bool) -> FieldTable {
     let mut args = base_args(amqp);
-    put(&mut args, "x-dead-letter-exchange", text(&amqp.dead_letter_exchange()));
+    put(
+        &mut args,
+        "x-dead-letter-exchange",
+        text(&amqp.dead_letter_exchange()),
+    );
     if amqp.queue_type == QueueType::Quorum {
-        put(&mut args, "x-delivery-limit", AMQPValue::LongInt(amqp.delivery_limit as i32));
+        put(
+            &mut args,
+            "x-delivery-limit",
+            AMQPValue::LongInt(amqp.delivery_limit as i32),
+        );
     }
     if single_active_consumer {
-        put(&mut args, "x-single-active-consumer", AMQPValue::Boolean(true));
+        put(
+            &mut args,
+            "x-single-active-consumer",
+            AMQPValue::Boolean(true),
+        );
     }
     args
 }
 
 /// Declares everything. With `amqp.declare_topology = false` the queues are only checked
 /// (passively), for operators who own the topology.
-pub async fn declare(channel: &Channel, amqp: &AmqpSettings, retry: &RetrySettings) -> lapin::Result<()> {
+pub async fn declare(
+    channel: &Channel,
+    amqp: &AmqpSettings,
+    retry: &RetrySettings,
+) -> lapin::Result<()> {
     let queues = amqp.consumed_queues();
     if !amqp.declare_topology {
-        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
         for q in &queues {
-            channel.queue_declare(q.as_str().into(), passive, FieldTable::default()).await?;
+            channel
+                .queue_declare(q.as_str().into(), passive, FieldTable::default())
+                .await?;
             for d in &retry.delays {
                 channel
-                    .queue_declare(delay_queue(q, *d).as_str().into(), passive, FieldTable::default())
+                    .queue_declare(
+                        delay_queue(q, *d).as_str().into(),
+                        passive,
+                        FieldTable::default(),
+                    )
                     .await?;
             }
         }
         return Ok(());
     }
-    let topic = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    let topic = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
     channel
-        .exchange_declare(amqp.exchange.as_str().into(), ExchangeKind::Topic, topic, FieldTable::default())
+        .exchange_declare(
+            amqp.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            topic,
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(amqp.events_exchange.as_str().into(), ExchangeKind::Topic, topic, FieldTable::default())
+        .exchange_declare(
+            amqp.events_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            topic,
+            FieldTable::default(),
+        )
         .await?;
     // Dead letters: a fanout exchange, so the original routing key is kept and still routes.
     let dlx = amqp.dead_letter_exchange();
     let dead = amqp.dead_letter_queue();
     channel
-        .exchange_declare(dlx.as_str().into(), ExchangeKind::Fanout, topic, FieldTable::default())
+        .exchange_declare(
+            dlx.as_str().into(),
+            ExchangeKind::Fanout,
+            topic,
+            FieldTable::default(),
+        )
         .await?;
-    channel.queue_declare(dead.as_str().into(), durable(), base_args_without_overflow(amqp)).await?;
     channel
-        .queue_bind(dead.as_str().into(), dlx.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_declare(
+            dead.as_str().into(),
+            durable(),
+            base_args_without_overflow(amqp),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            dead.as_str().into(),
+            dlx.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
 
     let sharded = !amqp.consume_queues.is_empty();
     for q in &queues {
-        channel.queue_declare(q.as_str().into(), durable(), work_queue_args(amqp, sharded)).await?;
+        channel
+            .queue_declare(q.as_str().into(), durable(), work_queue_args(amqp, sharded))
+            .await?;
         for d in &retry.delays {
             let mut args = base_args(amqp);
-            put(&mut args, "x-message-ttl", AMQPValue::LongLongInt(d.as_millis() as i64));
+            put(
+                &mut args,
+                "x-message-ttl",
+                AMQPValue::LongLongInt(d.as_millis() as i64),
+            );
             put(&mut args, "x-dead-letter-exchange", text(""));
             put(&mut args, "x-dead-letter-routing-key", text(q));
-            channel.queue_declare(delay_queue(q, *d).as_str().into(), durable(), args).await?;
+            channel
+                .queue_declare(delay_queue(q, *d).as_str().into(), durable(), args)
+                .await?;
         }
     }
     if !sharded {
@@ -136,6 +202,9 @@ mod tests {
     fn delay_queue_names_read_as_durations() {
         assert_eq!(delay_queue("q", Duration::from_secs(5)), "q.delay.5s");
         assert_eq!(delay_queue("q", Duration::from_secs(120)), "q.delay.2m");
-        assert_eq!(delay_queue("q", Duration::from_millis(1500)), "q.delay.1s500ms");
+        assert_eq!(
+            delay_queue("q", Duration::from_millis(1500)),
+            "q.delay.1s500ms"
+        );
     }
 }

@@ -66,9 +66,13 @@ impl DeadLetter {
             .or_else(|| header_i64(death.as_ref(), "time").map(|s| s * 1000))
             .unwrap_or_else(now_ms);
         DeadLetter {
-            ticket_id: header_str(h, headers::TICKET_ID)
-                .or_else(|| body.get("ticketId").and_then(Value::as_str).map(str::to_string)),
-            event: header_str(h, headers::ORIGINAL_ROUTING_KEY).unwrap_or_else(|| routing_key.to_string()),
+            ticket_id: header_str(h, headers::TICKET_ID).or_else(|| {
+                body.get("ticketId")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }),
+            event: header_str(h, headers::ORIGINAL_ROUTING_KEY)
+                .unwrap_or_else(|| routing_key.to_string()),
             reason: header_str(h, headers::REASON)
                 .or_else(|| header_str(death.as_ref(), "reason").map(|r| format!("broker:{r}")))
                 .unwrap_or_else(|| "unknown".into()),
@@ -91,7 +95,10 @@ pub async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<Exi
     let queue = channel
         .queue_declare(
             dead.as_str().into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -100,12 +107,22 @@ pub async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<Exi
     let code = match command {
         DlqCommand::List { limit } => {
             println!("{total} dead letter(s) in {dead}");
-            println!("{:<24} {:<16} {:<18} {:>8} {:>10}  {}", "TICKET", "EVENT", "REASON", "ATTEMPTS", "AGE", "ERROR");
+            println!(
+                "{:<24} {:<16} {:<18} {:>8} {:>10}  ERROR",
+                "TICKET", "EVENT", "REASON", "ATTEMPTS", "AGE"
+            );
             for _ in 0..total.min(limit) {
-                let Some(msg) = channel.basic_get(dead.as_str().into(), BasicGetOptions::default()).await? else {
+                let Some(msg) = channel
+                    .basic_get(dead.as_str().into(), BasicGetOptions::default())
+                    .await?
+                else {
                     break;
                 };
-                let d = DeadLetter::read(msg.delivery.routing_key.as_str(), &msg.delivery.properties, &msg.delivery.data);
+                let d = DeadLetter::read(
+                    msg.delivery.routing_key.as_str(),
+                    &msg.delivery.properties,
+                    &msg.delivery.data,
+                );
                 println!(
                     "{:<24} {:<16} {:<18} {:>8} {:>10}  {}",
                     d.ticket_id.as_deref().unwrap_or("?"),
@@ -118,20 +135,42 @@ pub async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<Exi
             }
             ExitCode::SUCCESS
         }
-        DlqCommand::Replay { ticket, all: _, dry_run } => {
+        DlqCommand::Replay {
+            ticket,
+            all: _,
+            dry_run,
+        } => {
             let mut replayed = 0usize;
             for _ in 0..total {
-                let Some(msg) = channel.basic_get(dead.as_str().into(), BasicGetOptions::default()).await? else {
+                let Some(msg) = channel
+                    .basic_get(dead.as_str().into(), BasicGetOptions::default())
+                    .await?
+                else {
                     break;
                 };
                 let delivery = msg.delivery;
-                let d = DeadLetter::read(delivery.routing_key.as_str(), &delivery.properties, &delivery.data);
-                if ticket.as_ref().is_some_and(|t| d.ticket_id.as_deref() != Some(t.as_str())) {
+                let d = DeadLetter::read(
+                    delivery.routing_key.as_str(),
+                    &delivery.properties,
+                    &delivery.data,
+                );
+                if ticket
+                    .as_ref()
+                    .is_some_and(|t| d.ticket_id.as_deref() != Some(t.as_str()))
+                {
                     continue;
                 }
-                let target = d.source_queue.clone().unwrap_or_else(|| settings.amqp.queue.clone());
+                let target = d
+                    .source_queue
+                    .clone()
+                    .unwrap_or_else(|| settings.amqp.queue.clone());
                 if dry_run {
-                    println!("would replay {} {} ({}) to {target}", d.ticket_id.as_deref().unwrap_or("?"), d.event, d.reason);
+                    println!(
+                        "would replay {} {} ({}) to {target}",
+                        d.ticket_id.as_deref().unwrap_or("?"),
+                        d.event,
+                        d.reason
+                    );
                     replayed += 1;
                     continue;
                 }
@@ -139,12 +178,25 @@ pub async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<Exi
                 publisher
                     .publish("", &target, &delivery.data, props, true)
                     .await
-                    .map_err(|e| anyhow::anyhow!("republish to {target} failed, dead letter kept: {e}"))?;
+                    .map_err(|e| {
+                        anyhow::anyhow!("republish to {target} failed, dead letter kept: {e}")
+                    })?;
                 delivery.acker.ack(BasicAckOptions::default()).await?;
-                println!("replayed {} {} to {target}", d.ticket_id.as_deref().unwrap_or("?"), d.event);
+                println!(
+                    "replayed {} {} to {target}",
+                    d.ticket_id.as_deref().unwrap_or("?"),
+                    d.event
+                );
                 replayed += 1;
             }
-            println!("{replayed} dead letter(s) {}", if dry_run { "would be replayed" } else { "replayed" });
+            println!(
+                "{replayed} dead letter(s) {}",
+                if dry_run {
+                    "would be replayed"
+                } else {
+                    "replayed"
+                }
+            );
             ExitCode::SUCCESS
         }
     };
@@ -160,7 +212,11 @@ fn fresh_properties(props: &BasicProperties, event: &str) -> BasicProperties {
     if let Some(h) = props.headers() {
         for (k, v) in h.inner() {
             let k = k.as_str();
-            if k.starts_with("x-jb-") || k.starts_with("x-death") || k.starts_with("x-first-death") || k.starts_with("x-last-death") {
+            if k.starts_with("x-jb-")
+                || k.starts_with("x-death")
+                || k.starts_with("x-first-death")
+                || k.starts_with("x-last-death")
+            {
                 continue;
             }
             table.insert(k.into(), v.clone());

@@ -18,7 +18,11 @@ use crate::jelou::mock::{MockJelou, MockOptions, WebhookTarget};
 use crate::telemetry;
 
 #[derive(Debug, Parser)]
-#[command(name = "jelou-bridge", version, about = "Bridges helpdesk ticket events on RabbitMQ to Jelou's external-support API, and Jelou's webhooks back onto the bus.")]
+#[command(
+    name = "jelou-bridge",
+    version,
+    about = "Bridges helpdesk ticket events on RabbitMQ to Jelou's external-support API, and Jelou's webhooks back onto the bus."
+)]
 pub struct Cli {
     /// A configuration file layered over config/default.toml and config/$JELOU_BRIDGE_ENV.toml.
     #[arg(long, global = true, value_name = "FILE")]
@@ -88,7 +92,10 @@ struct MockArgs {
 /// Runs the command line; the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("jelou-bridge: cannot start the async runtime: {e}");
@@ -109,10 +116,12 @@ fn load(config: &Option<PathBuf>, sandbox: bool) -> Result<Settings, ExitCode> {
 async fn dispatch(cli: Cli) -> ExitCode {
     let settings = match &cli.command {
         Command::MockJelou(_) => Settings::defaults(),
-        Command::Run { sandbox } | Command::CheckConfig { sandbox, .. } => match load(&cli.config, *sandbox) {
-            Ok(s) => s,
-            Err(code) => return code,
-        },
+        Command::Run { sandbox } | Command::CheckConfig { sandbox, .. } => {
+            match load(&cli.config, *sandbox) {
+                Ok(s) => s,
+                Err(code) => return code,
+            }
+        }
         _ => match load(&cli.config, true) {
             Ok(s) => s,
             Err(code) => return code,
@@ -208,7 +217,9 @@ async fn check_config(settings: &Settings, probe: bool) -> anyhow::Result<ExitCo
     report(
         "store",
         match tokio::time::timeout(Duration::from_secs(10), store).await {
-            Ok(Ok(())) => Ok(crate::config::redacted_url(secrecy::ExposeSecret::expose_secret(&settings.store.url))),
+            Ok(Ok(())) => Ok(crate::config::redacted_url(
+                secrecy::ExposeSecret::expose_secret(&settings.store.url),
+            )),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("no answer within 10s".into()),
         },
@@ -221,11 +232,23 @@ async fn check_config(settings: &Settings, probe: bool) -> anyhow::Result<ExitCo
         "jelou",
         match http.get(&settings.jelou.base_url).send().await {
             // Any HTTP answer means the host is reachable; the API itself needs credentials.
-            Ok(resp) => Ok(format!("{} answered HTTP {}", settings.jelou.base_url, resp.status().as_u16())),
-            Err(e) => Err(format!("{}: {}", settings.jelou.base_url, crate::jelou::client::error_chain(&e))),
+            Ok(resp) => Ok(format!(
+                "{} answered HTTP {}",
+                settings.jelou.base_url,
+                resp.status().as_u16()
+            )),
+            Err(e) => Err(format!(
+                "{}: {}",
+                settings.jelou.base_url,
+                crate::jelou::client::error_chain(&e)
+            )),
         },
     );
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn mock_jelou(settings: &Settings, args: MockArgs) -> anyhow::Result<ExitCode> {
@@ -250,7 +273,11 @@ async fn mock_jelou(settings: &Settings, args: MockArgs) -> anyhow::Result<ExitC
     )
     .await?;
     tracing::info!(listen = %mock.addr(), base_url = %mock.base_url(), "mock-jelou serving Jelou's start and close endpoints");
-    println!("mock-jelou listening on {} (set jelou.base_url = \"{}\")", mock.addr(), mock.base_url());
+    println!(
+        "mock-jelou listening on {} (set jelou.base_url = \"{}\")",
+        mock.addr(),
+        mock.base_url()
+    );
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal(stop.clone()));
     stop.cancelled().await;

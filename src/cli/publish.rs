@@ -87,7 +87,11 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
     let reply_queue = replies
         .queue_declare(
             "".into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
@@ -95,7 +99,10 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
         .basic_consume(
             reply_queue.name().clone(),
             "jelou-bridge publish".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
@@ -107,7 +114,10 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
         .with_correlation_id(correlation_id.as_str().into())
         .with_reply_to(reply_queue.name().clone());
     let payload = serde_json::to_vec(&body)?;
-    match publisher.publish(&settings.amqp.exchange, routing_key, &payload, props, true).await {
+    match publisher
+        .publish(&settings.amqp.exchange, routing_key, &payload, props, true)
+        .await
+    {
         Ok(()) => {}
         Err(PublishError::Returned(_)) => {
             eprintln!(
@@ -116,13 +126,19 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
             );
             return Ok(ExitCode::from(1));
         }
-        Err(e) => anyhow::bail!("cannot publish to exchange {:?}: {e}", settings.amqp.exchange),
+        Err(e) => anyhow::bail!(
+            "cannot publish to exchange {:?}: {e}",
+            settings.amqp.exchange
+        ),
     }
     println!("published {routing_key} {body} (correlation_id {correlation_id})");
     if args.no_wait {
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("waiting up to {} for the outcome…", humantime::format_duration(args.timeout));
+    eprintln!(
+        "waiting up to {} for the outcome…",
+        humantime::format_duration(args.timeout)
+    );
     let deadline = Instant::now() + args.timeout;
     loop {
         let next = tokio::time::timeout_at(deadline.into(), consumer.next()).await;
@@ -138,7 +154,12 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
             Ok(None) => anyhow::bail!("the reply queue was closed"),
             Ok(Some(d)) => d?,
         };
-        let same = delivery.properties.correlation_id().as_ref().map(|c| c.as_str()) == Some(correlation_id.as_str());
+        let same = delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str())
+            == Some(correlation_id.as_str());
         if !same {
             continue;
         }
@@ -146,6 +167,10 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
         println!("{}", serde_json::to_string_pretty(&outcome)?);
         let _ = conn.close(200, "done".into()).await;
         let failed = outcome.get("event").and_then(Value::as_str) == Some("ticket.failed");
-        return Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS });
+        return Ok(if failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
 }

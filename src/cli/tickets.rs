@@ -45,9 +45,13 @@ pub async fn run(settings: &Settings, command: TicketsCommand) -> anyhow::Result
                 }
             };
             let records = store.list(state, limit).await?;
-            println!("{:<24} {:<9} {:<32} {:<20} {}", "TICKET", "STATE", "CONVERSATION", "UPDATED", "LAST ERROR");
+            println!(
+                "{:<24} {:<9} {:<32} {:<20} LAST ERROR",
+                "TICKET", "STATE", "CONVERSATION", "UPDATED"
+            );
             for r in &records {
-                let updated = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.updated_at.max(0) as u64);
+                let updated = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_millis(r.updated_at.max(0) as u64);
                 println!(
                     "{:<24} {:<9} {:<32} {:<20} {}",
                     r.ticket_id,

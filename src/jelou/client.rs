@@ -41,7 +41,10 @@ pub struct Closed {
 
 enum Auth {
     ApiKey(SecretString),
-    Basic { id: String, secret: SecretString },
+    Basic {
+        id: String,
+        secret: SecretString,
+    },
     /// Sandbox with no credentials: the stand-in does not check.
     None,
 }
@@ -100,7 +103,11 @@ impl JelouClient {
             Some(id) if !id.is_empty() => Ok(Started {
                 conversation_id: id.to_string(),
             }),
-            _ => Err(JelouError::bad_response(status, "data.conversationId", &raw)),
+            _ => Err(JelouError::bad_response(
+                status,
+                "data.conversationId",
+                &raw,
+            )),
         }
     }
 
@@ -131,7 +138,10 @@ impl JelouClient {
             let response = request.send().await.map_err(|e| self.transport_error(e))?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
-            let raw = response.bytes().await.map_err(|e| self.transport_error(e))?;
+            let raw = response
+                .bytes()
+                .await
+                .map_err(|e| self.transport_error(e))?;
             Ok::<_, JelouError>((status, headers, raw))
         }
         .await;
@@ -152,7 +162,10 @@ impl JelouClient {
             return Err(JelouError::from_status(status, &headers, &raw));
         }
         let parsed: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-        let data = parsed.get("data").cloned().unwrap_or_else(|| Value::Object(Default::default()));
+        let data = parsed
+            .get("data")
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Default::default()));
         Ok((status, data, raw))
     }
 

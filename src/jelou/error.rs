@@ -64,14 +64,20 @@ impl JelouError {
     /// Jelou's raw answer, if any.
     pub fn raw_body(&self) -> Option<&str> {
         match self {
-            JelouError::Status { body, .. } | JelouError::BadResponse { body, .. } if !body.is_empty() => {
+            JelouError::Status { body, .. } | JelouError::BadResponse { body, .. }
+                if !body.is_empty() =>
+            {
                 Some(body)
             }
             _ => None,
         }
     }
 
-    pub(crate) fn from_status(status: u16, headers: &reqwest::header::HeaderMap, raw: &[u8]) -> Self {
+    pub(crate) fn from_status(
+        status: u16,
+        headers: &reqwest::header::HeaderMap,
+        raw: &[u8],
+    ) -> Self {
         let body = truncate(raw);
         JelouError::Status {
             status,
@@ -124,7 +130,11 @@ pub fn summarize_error_body(raw: &[u8]) -> Option<String> {
         Some(Value::Array(items)) => {
             let joined: Vec<String> = items
                 .iter()
-                .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| i.to_string())
+                })
                 .collect();
             if !joined.is_empty() {
                 parts.push(joined.join("; "));
@@ -141,7 +151,10 @@ pub fn summarize_error_body(raw: &[u8]) -> Option<String> {
             _ => {}
         }
     }
-    if let Some(ve) = v.get("validationError").filter(|ve| ve.as_object().is_some_and(|o| !o.is_empty())) {
+    if let Some(ve) = v
+        .get("validationError")
+        .filter(|ve| ve.as_object().is_some_and(|o| !o.is_empty()))
+    {
         parts.push(format!("validation: {ve}"));
     }
     if parts.is_empty() {
@@ -186,7 +199,10 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
         let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(90))
+        );
         let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
@@ -196,11 +212,21 @@ mod tests {
     fn error_bodies_are_read_leniently() {
         let s = summarize_error_body(br#"{"message":["Bot not found","check botId"],"error":{"key":"BOT_NOT_FOUND","description":"no such bot"}}"#).unwrap();
         assert_eq!(s, "Bot not found; check botId — BOT_NOT_FOUND: no such bot");
-        assert_eq!(summarize_error_body(br#"{"message":"Unauthorized"}"#).unwrap(), "Unauthorized");
-        assert_eq!(summarize_error_body(br#"{"statusMessage":"failed","status":0}"#).unwrap(), "failed");
+        assert_eq!(
+            summarize_error_body(br#"{"message":"Unauthorized"}"#).unwrap(),
+            "Unauthorized"
+        );
+        assert_eq!(
+            summarize_error_body(br#"{"statusMessage":"failed","status":0}"#).unwrap(),
+            "failed"
+        );
         assert_eq!(summarize_error_body(br#"{}"#), None);
         assert_eq!(summarize_error_body(b"<html>bad gateway</html>"), None);
-        let e = JelouError::from_status(502, &reqwest::header::HeaderMap::new(), b"<html>bad gateway</html>");
+        let e = JelouError::from_status(
+            502,
+            &reqwest::header::HeaderMap::new(),
+            b"<html>bad gateway</html>",
+        );
         assert!(e.to_string().contains("bad gateway"), "{e}");
     }
 }

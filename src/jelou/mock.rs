@@ -74,7 +74,11 @@ pub struct Scripted {
 
 impl Scripted {
     pub fn status(status: u16) -> Self {
-        Self { status, retry_after: None, body: None }
+        Self {
+            status,
+            retry_after: None,
+            body: None,
+        }
     }
 
     pub fn retry_after(mut self, value: &str) -> Self {
@@ -132,8 +136,14 @@ impl MockJelou {
                 .map_err(std::io::Error::other)?,
         });
         let router = Router::new()
-            .route(&options.start_path.replace("{projectId}", "{project_id}"), post(start))
-            .route(&options.close_path.replace("{projectId}", "{project_id}"), post(close))
+            .route(
+                &options.start_path.replace("{projectId}", "{project_id}"),
+                post(start),
+            )
+            .route(
+                &options.close_path.replace("{projectId}", "{project_id}"),
+                post(close),
+            )
             .with_state(state.clone());
         let stop = CancellationToken::new();
         let stopped = stop.clone();
@@ -173,7 +183,10 @@ impl MockJelou {
     }
 
     pub fn calls_to(&self, endpoint: Endpoint) -> Vec<RecordedCall> {
-        self.calls().into_iter().filter(|c| c.endpoint == endpoint).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c.endpoint == endpoint)
+            .collect()
     }
 
     /// Calls answered so far, recorded or not.
@@ -257,8 +270,11 @@ fn answer(
         if (200..300).contains(&s.status) && s.body.is_none() {
             // A scripted success falls through to the normal answer.
         } else {
-            let status = StatusCode::from_u16(s.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let payload = s.body.unwrap_or_else(|| error_body(s.status, "Scripted failure"));
+            let status =
+                StatusCode::from_u16(s.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let payload = s
+                .body
+                .unwrap_or_else(|| error_body(s.status, "Scripted failure"));
             let mut resp = (status, Json(payload)).into_response();
             if let Some(ra) = s.retry_after.and_then(|v| v.parse().ok()) {
                 resp.headers_mut().insert(reqwest::header::RETRY_AFTER, ra);
@@ -269,7 +285,11 @@ fn answer(
     if !authorized(options, headers) {
         return error(401, None, "Invalid or missing credentials");
     }
-    let field = |k: &str| body.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let field = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
     let (Some(bot), Some(user)) = (field("botId"), field("userId")) else {
         return error(422, None, "botId and userId are required");
     };
@@ -337,7 +357,11 @@ fn authorized(options: &MockOptions, headers: &HeaderMap) -> bool {
     true
 }
 
-fn error(status: u16, retry_after: Option<&str>, message: &str) -> (StatusCode, Response, Option<Value>) {
+fn error(
+    status: u16,
+    retry_after: Option<&str>,
+    message: &str,
+) -> (StatusCode, Response, Option<Value>) {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (code, Json(error_body(status, message))).into_response();
     if let Some(ra) = retry_after.and_then(|v| v.parse().ok()) {
@@ -363,7 +387,12 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-async fn send_webhook(http: reqwest::Client, target: WebhookTarget, project_id: String, mut event: Value) {
+async fn send_webhook(
+    http: reqwest::Client,
+    target: WebhookTarget,
+    project_id: String,
+    mut event: Value,
+) {
     event["project_id"] = Value::String(project_id);
     let body = event.to_string();
     let signature = crate::webhook::sign(target.secret.as_bytes(), body.as_bytes());

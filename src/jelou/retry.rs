@@ -46,7 +46,12 @@ impl RetryPolicy {
     /// Runs `op` until it succeeds, fails for good, runs out of attempts, or shutdown begins.
     /// A call already under way when shutdown begins is allowed to finish, so that its
     /// effect is recorded; only waits between attempts are cut short.
-    pub async fn run<T, F, Fut>(&self, endpoint: Endpoint, shutdown: &CancellationToken, op: F) -> Attempted<T>
+    pub async fn run<T, F, Fut>(
+        &self,
+        endpoint: Endpoint,
+        shutdown: &CancellationToken,
+        op: F,
+    ) -> Attempted<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, JelouError>>,
@@ -90,7 +95,10 @@ impl RetryPolicy {
             tracing::warn!(endpoint = endpoint.as_str(), error = %e, retry_in_ms = delay.as_millis() as u64, "Jelou call failed, retrying");
         })
         .await;
-        Attempted { result, attempts: attempts.load(Ordering::Relaxed) }
+        Attempted {
+            result,
+            attempts: attempts.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -111,14 +119,21 @@ mod tests {
     }
 
     fn status(s: u16, retry_after: Option<Duration>) -> JelouError {
-        JelouError::Status { status: s, summary: String::new(), body: String::new(), retry_after }
+        JelouError::Status {
+            status: s,
+            summary: String::new(),
+            body: String::new(),
+            retry_after,
+        }
     }
 
     #[tokio::test]
     async fn retries_retryable_until_success() {
         let answers = Mutex::new(vec![Ok(7), Err(status(503, None)), Err(status(503, None))]);
         let out = policy(5)
-            .run(Endpoint::Start, &CancellationToken::new(), || async { answers.lock().unwrap().pop().unwrap() })
+            .run(Endpoint::Start, &CancellationToken::new(), || async {
+                answers.lock().unwrap().pop().unwrap()
+            })
             .await;
         assert_eq!(out.result.unwrap(), 7);
         assert_eq!(out.attempts, 3);
@@ -127,11 +142,15 @@ mod tests {
     #[tokio::test]
     async fn stops_at_once_on_rejection_and_after_max_attempts() {
         let out = policy(5)
-            .run(Endpoint::Start, &CancellationToken::new(), || async { Err::<(), _>(status(422, None)) })
+            .run(Endpoint::Start, &CancellationToken::new(), || async {
+                Err::<(), _>(status(422, None))
+            })
             .await;
         assert_eq!(out.attempts, 1);
         let out = policy(3)
-            .run(Endpoint::Start, &CancellationToken::new(), || async { Err::<(), _>(status(500, None)) })
+            .run(Endpoint::Start, &CancellationToken::new(), || async {
+                Err::<(), _>(status(500, None))
+            })
             .await;
         assert_eq!(out.attempts, 3);
         assert!(out.result.unwrap_err().is_retryable());
@@ -139,17 +158,31 @@ mod tests {
 
     #[tokio::test]
     async fn honours_retry_after_and_gives_up_on_a_long_one() {
-        let answers = Mutex::new(vec![Ok(()), Err(status(429, Some(Duration::from_millis(300))))]);
+        let answers = Mutex::new(vec![
+            Ok(()),
+            Err(status(429, Some(Duration::from_millis(300)))),
+        ]);
         let t0 = Instant::now();
         let out = policy(3)
-            .run(Endpoint::Close, &CancellationToken::new(), || async { answers.lock().unwrap().pop().unwrap() })
+            .run(Endpoint::Close, &CancellationToken::new(), || async {
+                answers.lock().unwrap().pop().unwrap()
+            })
             .await;
         assert!(out.result.is_ok());
-        assert!(t0.elapsed() >= Duration::from_millis(300), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t0.elapsed()
+        );
         let out = policy(3)
-            .run(Endpoint::Close, &CancellationToken::new(), || async { Err::<(), _>(status(503, Some(Duration::from_secs(60)))) })
+            .run(Endpoint::Close, &CancellationToken::new(), || async {
+                Err::<(), _>(status(503, Some(Duration::from_secs(60))))
+            })
             .await;
-        assert_eq!(out.attempts, 1, "a Retry-After beyond max_retry_after parks instead of waiting");
+        assert_eq!(
+            out.attempts, 1,
+            "a Retry-After beyond max_retry_after parks instead of waiting"
+        );
     }
 
     #[tokio::test]
@@ -164,7 +197,11 @@ mod tests {
             t.cancel();
         });
         let t0 = Instant::now();
-        let out = p.run(Endpoint::Start, &token, || async { Err::<(), _>(status(503, None)) }).await;
+        let out = p
+            .run(Endpoint::Start, &token, || async {
+                Err::<(), _>(status(503, None))
+            })
+            .await;
         assert!(matches!(out.result, Err(JelouError::Shutdown)));
         assert_eq!(out.attempts, 1);
         assert!(t0.elapsed() < Duration::from_secs(5));

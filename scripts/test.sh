@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, in one command: start RabbitMQ and PostgreSQL if needed (installing
+# them from Debian's packages), then unit and integration tests against the real broker,
+# the fault tests (which restart the broker, so they run alone and last), and a smoke run
+# of the main job.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/ensure-services.sh --postgres
+export JB_TEST_AMQP_URL="${JB_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export JB_TEST_PG_URL="${JB_TEST_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+
+echo "== unit and integration tests (parallel) =="
+cargo test --locked --lib --bins --test api
+if [ -d tests/faults ]; then
+  echo "== fault tests (kill -9, broker restarts; one at a time) =="
+  cargo test --locked --test faults -- --test-threads=1
+fi
+if [ -x scripts/check-deploy.sh ]; then
+  echo "== deployment files =="
+  scripts/check-deploy.sh
+fi
+echo "== smoke: the main job in sandbox mode =="
+JB_BUILD_PROFILE=dev JELOU_BRIDGE__HTTP__LISTEN="127.0.0.1:$((20000 + RANDOM % 20000))" \
+  JELOU_BRIDGE__STORE__URL="sqlite://$(mktemp -d)/demo.db" scripts/run.sh --once

@@ -1,0 +1,243 @@
+//! The binary as users run it: configuration errors, check-config, and no secret in any log.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use jelou_bridge::jelou::mock::{MockJelou, MockOptions, Scripted};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn bridge() -> Command {
+    let mut cmd = Command::new(bridge_bin());
+    // Only what each test sets: no stray JELOU_BRIDGE_* from the environment.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("JELOU_BRIDGE") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(std::env::temp_dir());
+    cmd
+}
+
+#[test]
+fn broken_config_exits_2_with_one_line_naming_the_key() {
+    let out = bridge()
+        .args(["check-config"])
+        .env("JELOU_BRIDGE__AMQP__PREFETCH", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("amqp.prefetch"), "{err}");
+
+    let out = bridge().args(["run"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "run without credentials and without --sandbox"
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("jelou.project_id"), "{err}");
+
+    let out = bridge()
+        .args(["check-config", "--config", "/nonexistent/x.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = bridge().args(["no-such-command"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let out = bridge()
+        .args(["check-config"])
+        .env("JELOU_BRIDGE__JELOU__PROJECT_ID", "p-1")
+        .env("JELOU_BRIDGE__JELOU__API_KEY", "sk-live-SECRET1")
+        .env("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", "whsec-SECRET2")
+        .env(
+            "JELOU_BRIDGE__AMQP__URL",
+            "amqp://bob:SECRET3@rabbit:5672/%2f",
+        )
+        .env("JELOU_BRIDGE__AMQP__PREFETCH", "64")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for secret in ["SECRET1", "SECRET2", "SECRET3"] {
+        assert!(!text.contains(secret), "{secret} in:\n{text}");
+    }
+    let parsed: toml::Value = toml::from_str(&text).expect("check-config prints TOML");
+    assert_eq!(parsed["amqp"]["prefetch"].as_integer(), Some(64));
+    assert_eq!(parsed["jelou"]["api_key"].as_str(), Some("[redacted]"));
+    assert_eq!(parsed["jelou"]["project_id"].as_str(), Some("p-1"));
+}
+
+/// A broker user with a password only this test knows, so the test can look for it.
+struct BrokerUser {
+    name: String,
+}
+
+impl BrokerUser {
+    fn create(password: &str) -> BrokerUser {
+        let name = unique("jbt-user");
+        let ctl = |args: &[&str]| {
+            let status = Command::new("rabbitmqctl")
+                .args(args)
+                .stdout(Stdio::null())
+                .status()
+                .expect("rabbitmqctl runs");
+            assert!(status.success(), "rabbitmqctl {args:?}");
+        };
+        ctl(&["add_user", &name, password]);
+        ctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
+        BrokerUser { name }
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_reaches_a_log_line() {
+    const API_KEY_S: &str = "sk-live-0123456789abcdef";
+    const AMQP_PW: &str = "pw-9f8e7d6c5b4a";
+    const SIGNING: &str = "whsec-a1b2c3d4e5";
+    let user = BrokerUser::create(AMQP_PW);
+    let mock = MockJelou::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockOptions {
+            api_key: Some(API_KEY_S.into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("jbt-logs");
+    let settings = test_settings(&name, &mock.base_url(), dir.path());
+    let mut bus = Bus::new(&settings).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(bridge_bin())
+        .arg("run")
+        .env(
+            "JELOU_BRIDGE__AMQP__URL",
+            format!("amqp://{}:{AMQP_PW}@127.0.0.1:5672/%2f", user.name),
+        )
+        .env("JELOU_BRIDGE__AMQP__EXCHANGE", &settings.amqp.exchange)
+        .env("JELOU_BRIDGE__AMQP__QUEUE", &settings.amqp.queue)
+        .env(
+            "JELOU_BRIDGE__AMQP__EVENTS_EXCHANGE",
+            &settings.amqp.events_exchange,
+        )
+        .env("JELOU_BRIDGE__JELOU__BASE_URL", mock.base_url())
+        .env("JELOU_BRIDGE__JELOU__PROJECT_ID", PROJECT)
+        .env("JELOU_BRIDGE__JELOU__API_KEY", API_KEY_S)
+        .env("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", SIGNING)
+        .env(
+            "JELOU_BRIDGE__STORE__URL",
+            format!("sqlite://{}/s.db", dir.path().display()),
+        )
+        .env("JELOU_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("JELOU_BRIDGE__LOG__FORMAT", "json")
+        .env("JELOU_BRIDGE__LOG__LEVEL", "debug")
+        .env("JELOU_BRIDGE__RETRY__MIN_DELAY", "10ms")
+        .env_remove("RUST_LOG")
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while http
+        .get(&ready)
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(std::time::Instant::now() < deadline, "bridge not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A success, a rejection, a retry, bad input and a badly signed webhook: every path logs.
+    bus.publish_json(
+        "ticket.opened",
+        &json!({"ticketId": "T-LOG1", "userId": "U1", "botId": "B"}),
+    )
+    .await;
+    bus.expect(1, Duration::from_secs(15)).await;
+    mock.script([Scripted::status(503), Scripted::status(401)]);
+    bus.publish_json(
+        "ticket.opened",
+        &json!({"ticketId": "T-LOG2", "userId": "U2", "botId": "B"}),
+    )
+    .await;
+    bus.publish("ticket.opened", b"{broken", Default::default())
+        .await;
+    bus.expect(2, Duration::from_secs(15)).await;
+    let hook = http
+        .post(format!("http://127.0.0.1:{port}/webhooks/jelou"))
+        .header("x-jelou-signature", "sha256=00")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hook.status(), 401);
+
+    nix_kill(child.id().unwrap(), "TERM");
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "graceful exit on SIGTERM");
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(logs.lines().count() > 5, "logs were captured:\n{logs}");
+    for secret in [API_KEY_S, AMQP_PW, SIGNING] {
+        assert!(!logs.contains(secret), "secret {secret} found in logs");
+    }
+    // Production format: one JSON object per line; lines about a ticket name it.
+    let mut about_ticket = 0;
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["message"] == "conversation started" {
+            assert_eq!(v["span"]["ticket_id"], "T-LOG1", "{line}");
+            assert!(
+                v["span"]["correlation_id"]
+                    .as_str()
+                    .is_some_and(|c| !c.is_empty()),
+                "{line}"
+            );
+            about_ticket += 1;
+        }
+    }
+    assert_eq!(about_ticket, 1);
+}
+
+fn nix_kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

@@ -1,0 +1,398 @@
+//! Shared test harness: a real RabbitMQ on 127.0.0.1:5672 (override with `JB_TEST_AMQP_URL`),
+//! a real HTTP stand-in for Jelou, and per-test unique exchange and queue names so tests run
+//! in parallel.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use jelou_bridge::app::Application;
+use jelou_bridge::config::Settings;
+use jelou_bridge::jelou::mock::{MockJelou, MockOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const API_KEY: &str = "test-api-key-7f3a";
+pub const PROJECT: &str = "proj-test";
+
+pub fn amqp_url() -> String {
+    std::env::var("JB_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn pg_url() -> String {
+    std::env::var("JB_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A short unique name for this test's exchanges and queues.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// Settings for one test: unique names, a fresh SQLite file in `dir`, Jelou at `jelou`,
+/// short retry delays so failure paths finish quickly.
+pub fn test_settings(name: &str, jelou_base_url: &str, dir: &Path) -> Settings {
+    let mut s = Settings::defaults();
+    s.amqp.url = SecretString::from(amqp_url());
+    s.amqp.exchange = format!("{name}.helpdesk");
+    s.amqp.queue = format!("{name}.tickets");
+    s.amqp.events_exchange = format!("{name}.events");
+    s.jelou.base_url = jelou_base_url.to_string();
+    s.jelou.project_id = Some(PROJECT.into());
+    s.jelou.api_key = Some(SecretString::from(API_KEY.to_string()));
+    s.retry.min_delay = Duration::from_millis(20);
+    s.retry.max_delay = Duration::from_millis(200);
+    s.retry.delays = vec![Duration::from_secs(1), Duration::from_secs(2)];
+    s.store.url = SecretString::from(format!("sqlite://{}", dir.join("store.db").display()));
+    s.store.unknown_ticket_wait = Duration::from_secs(1);
+    s.http.listen = "127.0.0.1:0".into();
+    s.shutdown.grace = Duration::from_secs(5);
+    s
+}
+
+pub async fn connect() -> Connection {
+    Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must be running on 127.0.0.1:5672 (scripts/test.sh starts it)")
+}
+
+/// One message seen on the bus.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub routing_key: String,
+    pub body: Value,
+    pub properties: BasicProperties,
+}
+
+impl Seen {
+    pub fn header(&self, key: &str) -> Option<String> {
+        match self.properties.headers().as_ref()?.inner().get(key)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn event(&self) -> &str {
+        self.body["event"].as_str().unwrap_or_default()
+    }
+
+    pub fn ticket(&self) -> &str {
+        self.body["ticketId"].as_str().unwrap_or_default()
+    }
+}
+
+/// The helpdesk's side of the bus for one test: publishes ticket events, watches every
+/// message the bridge publishes.
+pub struct Bus {
+    pub conn: Connection,
+    pub channel: Channel,
+    pub exchange: String,
+    pub events_exchange: String,
+    consumer: lapin::Consumer,
+}
+
+impl Bus {
+    /// Declares the test's exchanges (as the bridge will) and binds a private observer queue
+    /// to every routing key of the events exchange.
+    pub async fn new(settings: &Settings) -> Bus {
+        let conn = connect().await;
+        let channel = conn.create_channel().await.unwrap();
+        let topic = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        for ex in [&settings.amqp.exchange, &settings.amqp.events_exchange] {
+            channel
+                .exchange_declare(
+                    ex.as_str().into(),
+                    ExchangeKind::Topic,
+                    topic,
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let q = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                q.name().clone(),
+                settings.amqp.events_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(
+                q.name().clone(),
+                "observer".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Bus {
+            conn,
+            channel,
+            exchange: settings.amqp.exchange.clone(),
+            events_exchange: settings.amqp.events_exchange.clone(),
+            consumer,
+        }
+    }
+
+    /// Publishes a ticket event (persistent, JSON) and waits for the broker's confirm.
+    pub async fn publish(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                Default::default(),
+                body,
+                props
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    pub async fn publish_json(&self, routing_key: &str, body: &Value) {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.publish(
+            routing_key,
+            body.to_string().as_bytes(),
+            BasicProperties::default().with_message_id(id.into()),
+        )
+        .await;
+    }
+
+    /// The next message the bridge publishes, or None after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Seen> {
+        let delivery = tokio::time::timeout(timeout, self.consumer.next())
+            .await
+            .ok()??
+            .ok()?;
+        Some(Seen {
+            routing_key: delivery.routing_key.as_str().to_string(),
+            body: serde_json::from_slice(&delivery.data).unwrap_or(Value::Null),
+            properties: delivery.properties.clone(),
+        })
+    }
+
+    /// Waits for `n` messages, failing the test if they do not come in `timeout`.
+    pub async fn expect(&mut self, n: usize, timeout: Duration) -> Vec<Seen> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Some(seen) => out.push(seen),
+                None => panic!(
+                    "expected {n} messages within {timeout:?}, got {}: {out:#?}",
+                    out.len()
+                ),
+            }
+        }
+        out
+    }
+
+    /// Collects messages until `done` says so or `timeout` passes (the test then fails).
+    pub async fn collect_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&[Seen]) -> bool,
+    ) -> Vec<Seen> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while !done(&out) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Some(seen) => out.push(seen),
+                None => panic!(
+                    "condition not met within {timeout:?}; got {} messages",
+                    out.len()
+                ),
+            }
+        }
+        out
+    }
+
+    /// Asserts nothing more arrives for `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        if let Some(extra) = self.next(quiet).await {
+            panic!("unexpected message: {extra:#?}");
+        }
+    }
+
+    /// Takes every message currently in `queue` (acking them).
+    pub async fn drain_queue(&self, queue: &str) -> Vec<Seen> {
+        let mut out = Vec::new();
+        while let Some(msg) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            out.push(Seen {
+                routing_key: msg.delivery.routing_key.as_str().to_string(),
+                body: serde_json::from_slice(&msg.delivery.data).unwrap_or(Value::Null),
+                properties: msg.delivery.properties.clone(),
+            });
+        }
+        out
+    }
+
+    /// Number of messages ready in `queue`.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+}
+
+/// A bridge running in this process against a stand-in for Jelou.
+pub struct TestApp {
+    pub settings: Settings,
+    pub mock: MockJelou,
+    pub bus: Bus,
+    pub http: String,
+    pub dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_, _| {}).await
+}
+
+/// Starts a stand-in and a bridge; `customize` may change both before they start.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings, &mut MockOptions)) -> TestApp {
+    let mut mock_options = MockOptions {
+        api_key: Some(API_KEY.into()),
+        ..MockOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("jbt");
+    let mut settings = test_settings(&name, "http://127.0.0.1:1", dir.path());
+    customize(&mut settings, &mut mock_options);
+    let mock = MockJelou::start("127.0.0.1:0".parse().unwrap(), mock_options)
+        .await
+        .unwrap();
+    settings.jelou.base_url = mock.base_url();
+    let bus = Bus::new(&settings).await;
+    let app = Application::build(settings.clone(), false)
+        .await
+        .expect("app builds");
+    let http = format!("http://{}", app.http_addr());
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let test_app = TestApp {
+        settings,
+        mock,
+        bus,
+        http,
+        dir,
+        shutdown,
+        handle: Some(handle),
+    };
+    test_app.wait_ready(Duration::from_secs(20)).await;
+    test_app
+}
+
+impl TestApp {
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", self.http)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bridge not ready within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn dead_queue(&self) -> String {
+        self.settings.amqp.dead_letter_queue()
+    }
+
+    /// Stops the bridge gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Counts start calls per ticket id recorded by a stand-in.
+pub fn start_calls_per_ticket(mock: &MockJelou) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for call in mock.calls_to(jelou_bridge::jelou::Endpoint::Start) {
+        if let Some(t) = call
+            .body
+            .pointer("/metadata/ticketId")
+            .and_then(Value::as_str)
+        {
+            *out.entry(t.to_string()).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// The release or debug binary under test.
+pub fn bridge_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_jelou-bridge"))
+}
