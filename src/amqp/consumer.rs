@@ -54,9 +54,19 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
         backoff = reconnect_backoff(&settings.amqp);
         link.set(Some(publisher.clone()));
         info!(broker = %settings.amqp.redacted_url(), queues = ?settings.amqp.consumed_queues(), prefetch = settings.amqp.prefetch, "consuming");
+        // The publishing channel can die on its own (say an exchange was deleted under it);
+        // without it no delivery can be settled, so that ends the session too.
+        let mut watch = tokio::time::interval(Duration::from_secs(1));
         let lost = loop {
             let next = tokio::select! {
                 next = consumers.next() => next,
+                _ = watch.tick() => {
+                    if publisher.channel().status().connected() {
+                        continue;
+                    }
+                    warn!("the publishing channel closed; reconnecting");
+                    break true;
+                }
                 _ = shutdown.cancelled() => break false,
             };
             match next {
