@@ -396,3 +396,57 @@ pub fn start_calls_per_ticket(mock: &MockJelou) -> HashMap<String, usize> {
 pub fn bridge_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jelou-bridge"))
 }
+
+/// A PostgreSQL database of one test's own (`jbt_<unique>` on the server of `JB_TEST_PG_URL`),
+/// dropped when this value is dropped, also when the test fails.
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> PgDatabase {
+        use sqlx::Connection as _;
+        let name = format!("jbt_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&pg_url()).await.expect(
+            "PostgreSQL must be running on 127.0.0.1:5432 (scripts/ensure-services.sh --postgres)",
+        );
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let _ = admin.close().await;
+        let mut url = url::Url::parse(&pg_url()).unwrap();
+        url.set_path(&name);
+        PgDatabase {
+            url: url.to_string(),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside async code: a short-lived runtime on its own thread does the
+        // DROP, forcing out any connection a pool still holds.
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection as _;
+                let mut admin = sqlx::PgConnection::connect(&pg_url()).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await?;
+                admin.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The ticket store's contract, the same on both backends: SQLite (a temporary file) and
+//! PostgreSQL (a database of each test's own). Two `Store` values with different instance
+//! names stand for two bridge processes sharing the store.
+
+use std::time::Duration;
+
+use jelou_bridge::config::Settings;
+use jelou_bridge::store::{now_ms, CloseClaim, StartClaim, Store, TicketState};
+use secrecy::SecretString;
+
+use crate::support::PgDatabase;
+
+/// Where one test's store lives; dropping it removes the file or database.
+struct Backend {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<PgDatabase>,
+}
+
+impl Backend {
+    async fn sqlite() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        Backend {
+            url: format!("sqlite://{}", dir.path().join("nested/store.db").display()),
+            _dir: Some(dir),
+            _pg: None,
+        }
+    }
+
+    async fn postgres() -> Backend {
+        let pg = PgDatabase::create().await;
+        Backend {
+            url: pg.url.clone(),
+            _dir: None,
+            _pg: Some(pg),
+        }
+    }
+
+    /// A store as the bridge process `instance` opens it, holding tickets for `lease`.
+    async fn open(&self, instance: &str, lease: Duration) -> Store {
+        let mut settings = Settings::defaults().store;
+        settings.url = SecretString::from(self.url.clone());
+        settings.lease = lease;
+        Store::connect(&settings, instance.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("store at {} opens: {e}", self.url))
+    }
+
+    /// Two processes on one store.
+    async fn pair(&self, lease: Duration) -> (Store, Store) {
+        (self.open("a", lease).await, self.open("b", lease).await)
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn claimed(store: &Store, ticket: &str) {
+    assert_eq!(
+        store.claim_start(ticket, "BOT", "USER").await.unwrap(),
+        StartClaim::Claimed,
+        "{} claims {ticket}",
+        store.instance()
+    );
+}
+
+async fn started(store: &Store, ticket: &str, conversation: &str) {
+    claimed(store, ticket).await;
+    store.finish_start(ticket, conversation).await.unwrap();
+}
+
+async fn start_is_claimed_then_recorded_once(backend: Backend) {
+    let (a, b) = backend.pair(LEASE).await;
+    claimed(&a, "T-1").await;
+    let row = a.get("T-1").await.unwrap().unwrap();
+    assert_eq!(row.state, TicketState::Starting);
+    assert_eq!(row.owner.as_deref(), Some("a"));
+    assert_eq!(row.bot_id.as_deref(), Some("BOT"));
+    assert_eq!(row.user_id.as_deref(), Some("USER"));
+    assert_eq!(row.attempts, 1);
+    assert!(row.lease_until.unwrap() > now_ms());
+
+    let row = a.finish_start("T-1", "conv-1").await.unwrap();
+    assert_eq!(row.state, TicketState::Active);
+    assert_eq!(row.conversation_id.as_deref(), Some("conv-1"));
+    assert_eq!((row.owner, row.lease_until), (None, None), "let go");
+
+    for store in [&a, &b] {
+        match store.claim_start("T-1", "BOT", "USER").await.unwrap() {
+            StartClaim::AlreadyStarted(r) => {
+                assert_eq!(r.conversation_id.as_deref(), Some("conv-1"))
+            }
+            other => panic!("a started ticket is not started again: {other:?}"),
+        }
+    }
+    assert_eq!(
+        b.find_by_conversation("conv-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .ticket_id,
+        "T-1"
+    );
+    assert!(b.find_by_conversation("conv-x").await.unwrap().is_none());
+    assert!(b.get("T-none").await.unwrap().is_none());
+}
+
+async fn live_lease_makes_others_wait_and_an_expired_one_is_taken_over(backend: Backend) {
+    let lease = Duration::from_millis(400);
+    let (a, b) = backend.pair(lease).await;
+    claimed(&a, "T-1").await;
+    assert!(
+        matches!(b.claim_start("T-1", "BOT", "USER").await.unwrap(), StartClaim::Busy(r) if r.owner.as_deref() == Some("a")),
+        "another process's live lease makes it wait"
+    );
+    claimed(&a, "T-1").await; // its own redelivery may go on
+
+    let held = a.get("T-1").await.unwrap().unwrap();
+    let before = held.lease_until.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(a.renew_leases().await.unwrap(), 1);
+    assert_eq!(b.renew_leases().await.unwrap(), 0, "b holds nothing");
+    let renewed = a.get("T-1").await.unwrap().unwrap().lease_until.unwrap();
+    assert!(renewed > before, "renewal pushes the lease out");
+
+    // a dies: nothing renews its lease any more.
+    tokio::time::sleep(Duration::from_millis(
+        (renewed - now_ms()).max(0) as u64 + 50,
+    ))
+    .await;
+    claimed(&b, "T-1").await;
+    let row = b.get("T-1").await.unwrap().unwrap();
+    assert_eq!(row.owner.as_deref(), Some("b"));
+    assert_eq!(row.attempts, held.attempts + 1, "every claim counts");
+
+    // Both called Jelou; the first conversation recorded stands.
+    assert_eq!(
+        a.finish_start("T-1", "conv-a")
+            .await
+            .unwrap()
+            .conversation_id
+            .as_deref(),
+        Some("conv-a")
+    );
+    assert_eq!(
+        b.finish_start("T-1", "conv-b")
+            .await
+            .unwrap()
+            .conversation_id
+            .as_deref(),
+        Some("conv-a")
+    );
+}
+
+async fn one_claim_wins_a_race(backend: Backend) {
+    let (a, b) = backend.pair(LEASE).await;
+    let mut racers = Vec::new();
+    for i in 0..16 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        racers.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            for t in 0..10 {
+                let claim = store
+                    .claim_start(&format!("T-{t}"), "BOT", "USER")
+                    .await
+                    .unwrap();
+                if claim == StartClaim::Claimed {
+                    won.push((t, store.instance().to_string()));
+                }
+            }
+            won
+        }));
+    }
+    let mut winners = std::collections::HashMap::new();
+    for r in racers {
+        for (t, owner) in r.await.unwrap() {
+            winners.entry(t).or_insert_with(Vec::new).push(owner);
+        }
+    }
+    for t in 0..10 {
+        let owners = &winners[&t];
+        // The winner may claim again (it owns the ticket); the other process never does.
+        assert!(
+            owners.iter().all(|o| o == &owners[0]),
+            "T-{t} claimed by two processes: {owners:?}"
+        );
+    }
+}
+
+async fn release_lets_go_without_a_result(backend: Backend) {
+    let (a, b) = backend.pair(LEASE).await;
+    claimed(&a, "T-1").await;
+    b.release("T-1", Some("not mine")).await.unwrap();
+    assert_eq!(
+        a.get("T-1").await.unwrap().unwrap().owner.as_deref(),
+        Some("a"),
+        "only the owner releases"
+    );
+    a.release("T-1", Some("Jelou answered 503")).await.unwrap();
+    let row = a.get("T-1").await.unwrap().unwrap();
+    assert_eq!(
+        row.state,
+        TicketState::Starting,
+        "later events keep waiting"
+    );
+    assert_eq!((row.owner, row.lease_until), (None, None));
+    assert_eq!(row.last_error.as_deref(), Some("Jelou answered 503"));
+    assert!(matches!(
+        b.claim_close("T-1").await.unwrap(),
+        CloseClaim::Pending(_)
+    ));
+    claimed(&b, "T-1").await;
+    a.release("T-1", None).await.unwrap();
+    assert_eq!(
+        b.get("T-1").await.unwrap().unwrap().owner.as_deref(),
+        Some("b")
+    );
+}
+
+async fn a_failed_start_may_be_tried_again(backend: Backend) {
+    let (a, b) = backend.pair(LEASE).await;
+    claimed(&a, "T-1").await;
+    a.fail_start("T-1", "422 Unprocessable").await.unwrap();
+    let row = a.get("T-1").await.unwrap().unwrap();
+    assert_eq!(row.state, TicketState::Failed);
+    assert_eq!(row.last_error.as_deref(), Some("422 Unprocessable"));
+    assert!(matches!(
+        b.claim_close("T-1").await.unwrap(),
+        CloseClaim::StartFailed(_)
+    ));
+    claimed(&b, "T-1").await;
+    assert_eq!(b.get("T-1").await.unwrap().unwrap().attempts, 2);
+}
+
+async fn close_is_claimed_once_and_recorded(backend: Backend) {
+    let (a, b) = backend.pair(LEASE).await;
+    assert_eq!(a.claim_close("T-1").await.unwrap(), CloseClaim::Unknown);
+    claimed(&a, "T-1").await;
+    assert!(
+        matches!(b.claim_close("T-1").await.unwrap(), CloseClaim::Pending(r) if r.state == TicketState::Starting),
+        "no close before the start is recorded"
+    );
+    a.finish_start("T-1", "conv-1").await.unwrap();
+
+    let CloseClaim::Claimed(row) = b.claim_close("T-1").await.unwrap() else {
+        panic!("an active ticket can be closed");
+    };
+    assert_eq!(row.state, TicketState::Closing);
+    assert_eq!(row.owner.as_deref(), Some("b"));
+    assert_eq!(row.conversation_id.as_deref(), Some("conv-1"));
+    assert_eq!(
+        (row.bot_id.as_deref(), row.user_id.as_deref()),
+        (Some("BOT"), Some("USER"))
+    );
+    assert!(matches!(
+        a.claim_close("T-1").await.unwrap(),
+        CloseClaim::Pending(r) if r.state == TicketState::Closing
+    ));
+
+    let row = b.finish_close("T-1", None, Some("resolved")).await.unwrap();
+    assert_eq!(row.state, TicketState::Closed);
+    assert_eq!(
+        row.conversation_id.as_deref(),
+        Some("conv-1"),
+        "kept when Jelou names none"
+    );
+    assert_eq!(row.ended_reason.as_deref(), Some("resolved"));
+    assert_eq!((row.owner, row.lease_until), (None, None));
+    for store in [&a, &b] {
+        assert!(matches!(
+            store.claim_close("T-1").await.unwrap(),
+            CloseClaim::AlreadyClosed(r) if r.conversation_id.as_deref() == Some("conv-1")
+        ));
+        assert!(matches!(
+            store.claim_start("T-1", "BOT", "USER").await.unwrap(),
+            StartClaim::AlreadyStarted(_)
+        ));
+    }
+    let closed = a.list(Some(TicketState::Closed), 10).await.unwrap();
+    assert_eq!(closed.len(), 1);
+    assert!(a
+        .list(Some(TicketState::Active), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn a_close_with_ids_serves_a_ticket_never_started(backend: Backend) {
+    let (a, b) = backend.pair(LEASE).await;
+    let CloseClaim::Claimed(row) = a.claim_close_unknown("T-1", "BOT", "USER").await.unwrap()
+    else {
+        panic!("an unknown ticket with ids can be closed");
+    };
+    assert_eq!(row.state, TicketState::Closing);
+    assert_eq!(row.conversation_id, None);
+    assert!(matches!(
+        b.claim_close_unknown("T-1", "BOT", "USER").await.unwrap(),
+        CloseClaim::Pending(_)
+    ));
+    a.fail_close("T-1", "404 no conversation").await.unwrap();
+    assert_eq!(
+        a.get("T-1").await.unwrap().unwrap().state,
+        TicketState::Failed,
+        "nothing to go back to"
+    );
+}
+
+async fn a_failed_close_leaves_the_conversation_active(backend: Backend) {
+    let (a, b) = backend.pair(LEASE).await;
+    started(&a, "T-1", "conv-1").await;
+    assert!(matches!(
+        a.claim_close("T-1").await.unwrap(),
+        CloseClaim::Claimed(_)
+    ));
+    a.fail_close("T-1", "422").await.unwrap();
+    let row = b.get("T-1").await.unwrap().unwrap();
+    assert_eq!(row.state, TicketState::Active);
+    assert_eq!(row.last_error.as_deref(), Some("422"));
+    assert!(matches!(
+        b.claim_close("T-1").await.unwrap(),
+        CloseClaim::Claimed(_)
+    ));
+}
+
+async fn jelou_webhooks_update_tickets(backend: Backend) {
+    let (a, b) = backend.pair(LEASE).await;
+    claimed(&a, "T-1").await;
+    b.note_conversation_started("T-1", "conv-hook")
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get("T-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .conversation_id
+            .as_deref(),
+        Some("conv-hook")
+    );
+    a.finish_start("T-1", "conv-hook").await.unwrap();
+    started(&a, "T-2", "conv-2").await;
+
+    b.note_conversation_closed("conv-hook", Some("closed_by_operator"))
+        .await
+        .unwrap();
+    let row = a.get("T-1").await.unwrap().unwrap();
+    assert_eq!(row.state, TicketState::Closed);
+    assert_eq!(row.ended_reason.as_deref(), Some("closed_by_operator"));
+    assert!(
+        matches!(
+            a.claim_close("T-1").await.unwrap(),
+            CloseClaim::AlreadyClosed(_)
+        ),
+        "a later ticket.resolved makes no close call"
+    );
+    assert_eq!(
+        a.get("T-2").await.unwrap().unwrap().state,
+        TicketState::Active,
+        "other tickets untouched"
+    );
+}
+
+async fn webhook_deliveries_are_remembered_once(backend: Backend) {
+    let (a, b) = backend.pair(LEASE).await;
+    assert!(a.remember_webhook("evt-1").await.unwrap());
+    assert!(!b.remember_webhook("evt-1").await.unwrap(), "seen before");
+    assert!(b.remember_webhook("evt-2").await.unwrap());
+    a.forget_webhook("evt-1").await.unwrap();
+    assert!(b.remember_webhook("evt-1").await.unwrap(), "forgotten");
+}
+
+async fn reopening_keeps_what_was_stored(backend: Backend) {
+    let a = backend.open("a", LEASE).await;
+    started(&a, "T-1", "conv-1").await;
+    a.ping().await.unwrap();
+    a.close().await;
+    let again = backend.open("a2", LEASE).await; // migrations run again, harmlessly
+    assert_eq!(
+        again
+            .get("T-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .conversation_id
+            .as_deref(),
+        Some("conv-1")
+    );
+}
+
+/// Each contract check, once per backend: `store::sqlite::<check>` and `store::postgres::<check>`.
+macro_rules! on_both_backends {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $check() {
+                    super::$check(super::Backend::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $check() {
+                    super::$check(super::Backend::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    start_is_claimed_then_recorded_once,
+    live_lease_makes_others_wait_and_an_expired_one_is_taken_over,
+    one_claim_wins_a_race,
+    release_lets_go_without_a_result,
+    a_failed_start_may_be_tried_again,
+    close_is_claimed_once_and_recorded,
+    a_close_with_ids_serves_a_ticket_never_started,
+    a_failed_close_leaves_the_conversation_active,
+    jelou_webhooks_update_tickets,
+    webhook_deliveries_are_remembered_once,
+    reopening_keeps_what_was_stored,
+);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_store_is_created_on_first_use_in_wal_mode() {
+    use sqlx::Connection as _;
+    let backend = Backend::sqlite().await;
+    let store = backend.open("a", LEASE).await;
+    started(&store, "T-1", "conv-1").await;
+    let path = backend.url.trim_start_matches("sqlite://").to_string();
+    assert!(std::path::Path::new(&path).is_file(), "{path} created");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{path}"))
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
