@@ -62,12 +62,14 @@ pub struct AmqpSettings {
     pub url: SecretString,
     pub exchange: String,
     pub queue: String,
+    #[serde(deserialize_with = "string_list")]
     pub binding_keys: Vec<String>,
     pub events_exchange: String,
     pub prefetch: u16,
     pub queue_type: QueueType,
     pub delivery_limit: u32,
     pub declare_topology: bool,
+    #[serde(deserialize_with = "string_list")]
     pub consume_queues: Vec<String>,
     pub max_message_bytes: usize,
     #[serde(with = "humantime_serde")]
@@ -257,9 +259,6 @@ impl Sources {
     }
 }
 
-/// Variables whose value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["amqp.binding_keys", "amqp.consume_queues", "retry.delays"];
-
 impl Settings {
     /// Loads every layer and checks the result. `sandbox` relaxes what the sandbox supplies.
     pub fn load(sources: &Sources, sandbox: bool) -> Result<Settings, ConfigError> {
@@ -284,15 +283,13 @@ impl Settings {
             }
             builder = builder.add_source(config::File::from(file.as_path()).required(true));
         }
-        let mut env = config::Environment::with_prefix("JELOU_BRIDGE")
+        let env = config::Environment::with_prefix("JELOU_BRIDGE")
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
+            // Values stay strings until a typed field asks for a number or a bool: an API key
+            // or project id like "007" must not turn into the number 7.
+            .try_parsing(false)
             .source(Some(sources.vars.iter().cloned().collect()));
-        for key in LIST_KEYS {
-            env = env.with_list_parse_key(key);
-        }
         builder = builder.add_source(env);
         let raw = builder.build().map_err(from_config_error)?;
         let settings: Settings = raw.try_deserialize().map_err(from_config_error)?;
@@ -477,8 +474,27 @@ impl Settings {
     }
 }
 
+/// A list, or (from an environment variable) a comma-separated string.
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(v) => v,
+        Raw::Text(t) => t
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
 fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-    Vec::<String>::deserialize(d)?
+    string_list(d)?
         .iter()
         .map(|s| humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom))
         .collect()
@@ -512,6 +528,15 @@ fn from_config_error(err: config::ConfigError) -> ConfigError {
             key.unwrap_or_else(|| "?".into()),
             format!("has the wrong type: expected {expected}"),
         ),
+        config::ConfigError::At { error, key, .. } => {
+            let inner = from_config_error(*error);
+            match key {
+                Some(key) if inner.key == "config" || inner.key == "?" => {
+                    ConfigError::new(key, inner.problem)
+                }
+                _ => inner,
+            }
+        }
         config::ConfigError::NotFound(key) => ConfigError::new(key, "is missing"),
         config::ConfigError::FileParse { uri, cause } => ConfigError::new(
             uri.unwrap_or_else(|| "config file".into()),
@@ -626,13 +651,22 @@ mod tests {
             &vars(&[
                 ("JELOU_BRIDGE__AMQP__PREFETCH", "7"),
                 ("JELOU_BRIDGE__JELOU__API_KEY", "k-123"),
-                ("JELOU_BRIDGE__JELOU__PROJECT_ID", "p1"),
+                ("JELOU_BRIDGE__JELOU__PROJECT_ID", "007"),
                 ("JELOU_BRIDGE__RETRY__DELAYS", "1s,2s"),
+                ("JELOU_BRIDGE__AMQP__DECLARE_TOPOLOGY", "false"),
+                ("JELOU_BRIDGE__RETRY__FACTOR", "1.5"),
             ]),
             false,
         )
         .unwrap();
         assert_eq!(s.amqp.prefetch, 7);
+        assert!(!s.amqp.declare_topology);
+        assert_eq!(s.retry.factor, 1.5);
+        assert_eq!(
+            s.jelou.project_id.as_deref(),
+            Some("007"),
+            "digits stay a string"
+        );
         assert_eq!(s.jelou.api_key.unwrap().expose_secret(), "k-123");
         assert_eq!(
             s.retry.delays,
