@@ -31,6 +31,15 @@ pub fn router(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(health);
+    if webhook
+        .secret
+        .as_ref()
+        .is_none_or(|s| secrecy::ExposeSecret::expose_secret(s).is_empty())
+    {
+        tracing::warn!(
+            "webhook.signing_secret is not set: POST /webhooks/jelou answers 503 to every request"
+        );
+    }
     let hooks = Router::new()
         .route("/webhooks/jelou", post(webhook::handle))
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +17,7 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::amqp::{headers, set_str, BrokerLink};
 use crate::events::Outcome;
@@ -97,11 +98,33 @@ fn reply(status: StatusCode, verdict: &'static str, event: &str, detail: &str) -
     (status, Json(body)).into_response()
 }
 
+/// `POST /webhooks/jelou`. The body arrives already capped at `http.max_body_bytes` (the
+/// router's limit); a larger one is refused here with 413 before anything is read from it.
 pub async fn handle(
     State(state): State<Arc<WebhookState>>,
     headers_in: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            warn!("webhook refused: body over the size limit");
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "unknown",
+                "the body is larger than http.max_body_bytes",
+            );
+        }
+        Err(rejection) => {
+            return reply(
+                rejection.status(),
+                "invalid",
+                "unknown",
+                &rejection.body_text(),
+            )
+        }
+    };
     let Some(secret) = state
         .secret
         .as_ref()
@@ -165,92 +188,139 @@ pub async fn handle(
         }
     };
     let conversation_id = payload.pointer("/conversation/id").and_then(value_text);
-    let key = dedup_key(&event, &payload);
+    // Lines about this event carry the ticket and the correlation id (the conversation), as
+    // the consumer's lines about a delivery do.
+    let span = tracing::info_span!(
+        "webhook",
+        event = %event,
+        ticket_id = tracing::field::Empty,
+        correlation_id = conversation_id.as_deref().unwrap_or(""),
+    );
+    accept(&state, &event, conversation_id.as_deref(), &payload)
+        .instrument(span)
+        .await
+}
+
+/// Why a verified event was not published.
+enum NotForwarded {
+    Store(String),
+    Broker(String),
+}
+
+/// A verified event: resolve its ticket, drop a repeated delivery, update the store, publish.
+async fn accept(
+    state: &WebhookState,
+    event: &str,
+    conversation_id: Option<&str>,
+    payload: &Value,
+) -> Response {
+    let store_down = |e: &dyn std::fmt::Display| {
+        warn!(error = %e, "webhook: store unavailable");
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            event,
+            "the ticket store is unavailable; retry later",
+        )
+    };
+    let ticket_id = match resolve_ticket(state, conversation_id, payload).await {
+        Ok(t) => t,
+        Err(e) => return store_down(&e),
+    };
+    if let Some(t) = &ticket_id {
+        tracing::Span::current().record("ticket_id", t.as_str());
+    }
+    let key = dedup_key(event, payload);
     match state.store.remember_webhook(&key).await {
         Ok(true) => {}
         Ok(false) => {
-            info!(event = %event, conversation_id = conversation_id.as_deref(), "duplicate webhook delivery: already published");
-            return reply(StatusCode::OK, "duplicate", &event, "");
-        }
-        Err(e) => {
-            warn!(error = %e, "webhook: store unavailable");
-            return reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                &event,
-                "the ticket store is unavailable; retry later",
+            info!(
+                conversation_id,
+                "duplicate webhook delivery: already published"
             );
+            return reply(StatusCode::OK, "duplicate", event, "");
         }
+        Err(e) => return store_down(&e),
     }
-    match forward(&state, &event, conversation_id.as_deref(), &payload, &key).await {
-        Ok(ticket_id) => {
-            info!(event = %event, ticket_id = ticket_id.as_deref(), conversation_id = conversation_id.as_deref(), "webhook published");
-            reply(StatusCode::OK, "published", &event, "")
-        }
-        Err(detail) => {
-            // Not published: forget the delivery so Jelou's retry is not taken for a duplicate.
-            let _ = state.store.forget_webhook(&key).await;
-            warn!(event = %event, detail = %detail, "webhook not published");
+    let forwarded = forward(
+        state,
+        event,
+        ticket_id.as_deref(),
+        conversation_id,
+        payload,
+        &key,
+    )
+    .await;
+    let Err(not_forwarded) = forwarded else {
+        info!(conversation_id, "webhook published");
+        return reply(StatusCode::OK, "published", event, "");
+    };
+    // Not published: forget the delivery so Jelou's retry is not taken for a duplicate.
+    let _ = state.store.forget_webhook(&key).await;
+    match not_forwarded {
+        NotForwarded::Store(e) => store_down(&e),
+        NotForwarded::Broker(detail) => {
+            warn!(detail = %detail, "webhook not published: broker unavailable");
             reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "broker_unavailable",
-                &event,
+                event,
                 &detail,
             )
         }
     }
 }
 
-/// Resolves the ticket, updates the store and publishes; returns the ticket id.
+/// The ticket an event is about: `value.metadata.ticketId` (Jelou echoes the metadata the
+/// bridge sent with the start call), else the ticket whose conversation it is.
+async fn resolve_ticket(
+    state: &WebhookState,
+    conversation_id: Option<&str>,
+    payload: &Value,
+) -> Result<Option<String>, crate::store::StoreError> {
+    if let Some(t) = payload
+        .pointer("/value/metadata/ticketId")
+        .and_then(Value::as_str)
+    {
+        return Ok(Some(t.to_string()));
+    }
+    match conversation_id {
+        Some(c) => Ok(state
+            .store
+            .find_by_conversation(c)
+            .await?
+            .map(|r| r.ticket_id)),
+        None => Ok(None),
+    }
+}
+
+/// Tells the store what Jelou said about the conversation, then publishes with confirm.
 async fn forward(
     state: &WebhookState,
     event: &str,
+    ticket_id: Option<&str>,
     conversation_id: Option<&str>,
     payload: &Value,
     key: &str,
-) -> Result<Option<String>, String> {
-    let from_metadata = payload
-        .pointer("/value/metadata/ticketId")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let ticket_id = match (&from_metadata, conversation_id) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(c)) => state
-            .store
-            .find_by_conversation(c)
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|r| r.ticket_id),
-        (None, None) => None,
-    };
-    match (event, &ticket_id, conversation_id) {
-        ("conversation.start", Some(t), Some(c)) => state
-            .store
-            .note_conversation_started(t, c)
-            .await
-            .map_err(|e| e.to_string())?,
+) -> Result<(), NotForwarded> {
+    let noted = match (event, ticket_id, conversation_id) {
+        ("conversation.start", Some(t), Some(c)) => {
+            state.store.note_conversation_started(t, c).await
+        }
         ("conversation.close", _, Some(c)) => {
             let reason = payload.pointer("/value/reason").and_then(Value::as_str);
-            state
-                .store
-                .note_conversation_closed(c, reason)
-                .await
-                .map_err(|e| e.to_string())?
+            state.store.note_conversation_closed(c, reason).await
         }
-        _ => {}
-    }
-    let outcome = Outcome::from_webhook(
-        event,
-        ticket_id.as_deref(),
-        conversation_id,
-        payload.clone(),
-    );
+        _ => Ok(()),
+    };
+    noted.map_err(|e| NotForwarded::Store(e.to_string()))?;
+    let outcome = Outcome::from_webhook(event, ticket_id, conversation_id, payload.clone());
     let publisher = state
         .link
         .publisher()
-        .ok_or("the broker is not connected")?;
+        .ok_or_else(|| NotForwarded::Broker("the broker is not connected".into()))?;
     let mut table = lapin::types::FieldTable::default();
-    if let Some(t) = &ticket_id {
+    if let Some(t) = ticket_id {
         set_str(&mut table, headers::TICKET_ID, t);
     }
     let mut props = lapin::BasicProperties::default()
@@ -262,7 +332,8 @@ async fn forward(
     if let Some(c) = conversation_id {
         props = props.with_correlation_id(c.into());
     }
-    let body = serde_json::to_vec(&outcome.body).map_err(|e| e.to_string())?;
+    let body =
+        serde_json::to_vec(&outcome.body).map_err(|e| NotForwarded::Broker(e.to_string()))?;
     publisher
         .publish(
             &state.events_exchange,
@@ -272,8 +343,7 @@ async fn forward(
             false,
         )
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(ticket_id)
+        .map_err(|e| NotForwarded::Broker(e.to_string()))
 }
 
 #[cfg(test)]

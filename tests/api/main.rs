@@ -8,3 +8,4 @@ mod cli;
 mod failures;
 mod store;
 mod tickets;
+mod webhook;
