@@ -81,6 +81,16 @@ pub struct AmqpSettings {
     pub ca_file: String,
     pub client_cert_file: String,
     pub client_key_file: String,
+    /// The sharded topology: a consistent-hash exchange between `exchange` and the
+    /// `consume_queues`, hashing on the `shard_header` header. Empty: not declared.
+    pub shard_exchange: String,
+    pub shard_header: String,
+    /// Replicas sharing `consume_queues`: this one takes queue `i` at once when
+    /// `i % replica_count == replica_index`, and waits on the others as a standby.
+    pub replica_count: u32,
+    pub replica_index: u32,
+    #[serde(with = "humantime_serde")]
+    pub standby_delay: Duration,
 }
 
 impl AmqpSettings {
@@ -91,6 +101,21 @@ impl AmqpSettings {
         } else {
             self.consume_queues.clone()
         }
+    }
+
+    /// The consumed queues split in two: those this replica consumes at once (its own), and
+    /// those it subscribes to after `standby_delay` as a waiting single active consumer,
+    /// taking one over only when the replica that owns it goes away.
+    pub fn queue_assignment(&self) -> (Vec<String>, Vec<String>) {
+        let count = self.replica_count.max(1) as usize;
+        let index = self.replica_index as usize;
+        let (own, standby): (Vec<_>, Vec<_>) = self
+            .consumed_queues()
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| count == 1 || i % count == index);
+        let names = |v: Vec<(usize, String)>| v.into_iter().map(|(_, q)| q).collect();
+        (names(own), names(standby))
     }
 
     /// Where dead letters are published: `<queue>.dlx`, bound to `<queue>.dead`.
@@ -339,6 +364,7 @@ impl Settings {
                 "must not exceed amqp.reconnect_max_delay",
             ));
         }
+        self.validate_shards()?;
         for (key, path) in [
             ("amqp.ca_file", &a.ca_file),
             ("amqp.client_cert_file", &a.client_cert_file),
@@ -455,6 +481,54 @@ impl Settings {
             ));
         }
         self.http_listen()?;
+        Ok(())
+    }
+
+    /// The sharded topology and the replicas sharing it.
+    fn validate_shards(&self) -> Result<(), ConfigError> {
+        let a = &self.amqp;
+        let mut seen = std::collections::HashSet::new();
+        for q in &a.consume_queues {
+            if q.trim().is_empty() || !seen.insert(q.as_str()) {
+                return Err(ConfigError::new(
+                    "amqp.consume_queues",
+                    format!("{q:?} is empty or listed twice"),
+                ));
+            }
+        }
+        if !a.shard_exchange.is_empty() {
+            if a.consume_queues.is_empty() {
+                return Err(ConfigError::new(
+                    "amqp.shard_exchange",
+                    "needs amqp.consume_queues, the shard queues behind it",
+                ));
+            }
+            if a.shard_exchange == a.exchange || a.shard_exchange == a.events_exchange {
+                return Err(ConfigError::new(
+                    "amqp.shard_exchange",
+                    "must differ from amqp.exchange and amqp.events_exchange",
+                ));
+            }
+            if a.shard_header.trim().is_empty() {
+                return Err(ConfigError::new(
+                    "amqp.shard_header",
+                    "must name the header carrying the ticket id",
+                ));
+            }
+        }
+        let queues = a.consumed_queues().len();
+        if a.replica_count == 0 || a.replica_count as usize > queues {
+            return Err(ConfigError::new(
+                "amqp.replica_count",
+                format!("must be between 1 and the number of consumed queues ({queues})"),
+            ));
+        }
+        if a.replica_index >= a.replica_count {
+            return Err(ConfigError::new(
+                "amqp.replica_index",
+                format!("must be below amqp.replica_count ({})", a.replica_count),
+            ));
+        }
         Ok(())
     }
 
@@ -750,5 +824,87 @@ mod tests {
         }
         assert!(out.contains("amqp://bob:redacted@rabbit:5672/%2f"), "{out}");
         assert!(!format!("{s:?}").contains("sk-live-abc"));
+    }
+
+    #[test]
+    fn jelou_is_reached_over_https_unless_the_base_url_is_loopback() {
+        let load = |base: &str| {
+            Settings::load(
+                &vars(&[
+                    ("JELOU_BRIDGE__JELOU__PROJECT_ID", "p"),
+                    ("JELOU_BRIDGE__JELOU__API_KEY", "k"),
+                    ("JELOU_BRIDGE__JELOU__BASE_URL", base),
+                ]),
+                false,
+            )
+        };
+        for ok in [
+            "https://gateway.jelou.ai",
+            "https://10.0.0.5:8443",
+            "http://127.0.0.1:8090",
+            "http://127.8.9.10:8090",
+            "http://localhost:8090",
+            "http://[::1]:8090",
+        ] {
+            assert!(load(ok).is_ok(), "{ok} should be accepted");
+        }
+        for bad in [
+            "http://gateway.jelou.ai",
+            "http://10.0.0.5:8090",
+            "http://localhost.example.com:8090",
+            "http://0.0.0.0:8090",
+            "ftp://127.0.0.1/",
+        ] {
+            let err = load(bad).expect_err(bad);
+            assert_eq!(err.key, "jelou.base_url", "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn replicas_split_the_shard_queues_and_stand_by_on_the_rest() {
+        let shards = "s0,s1,s2,s3,s4,s5";
+        let load = |count: &str, index: &str| {
+            Settings::load(
+                &vars(&[
+                    ("JELOU_BRIDGE__AMQP__CONSUME_QUEUES", shards),
+                    ("JELOU_BRIDGE__AMQP__SHARD_EXCHANGE", "helpdesk.shards"),
+                    ("JELOU_BRIDGE__AMQP__REPLICA_COUNT", count),
+                    ("JELOU_BRIDGE__AMQP__REPLICA_INDEX", index),
+                ]),
+                true,
+            )
+        };
+        let s = load("3", "1").unwrap();
+        assert_eq!(s.amqp.shard_header, "x-ticket-id");
+        let (own, standby) = s.amqp.queue_assignment();
+        assert_eq!(own, ["s1", "s4"]);
+        assert_eq!(standby, ["s0", "s2", "s3", "s5"]);
+        let (own, standby) = load("1", "0").unwrap().amqp.queue_assignment();
+        assert_eq!(own.len(), 6);
+        assert!(standby.is_empty());
+        // Every queue is some replica's own, exactly once.
+        let mut owned: Vec<String> = (0..4)
+            .flat_map(|i| load("4", &i.to_string()).unwrap().amqp.queue_assignment().0)
+            .collect();
+        owned.sort();
+        assert_eq!(owned, ["s0", "s1", "s2", "s3", "s4", "s5"]);
+
+        assert_eq!(load("3", "3").unwrap_err().key, "amqp.replica_index");
+        assert_eq!(load("7", "0").unwrap_err().key, "amqp.replica_count");
+        assert_eq!(load("0", "0").unwrap_err().key, "amqp.replica_count");
+        let defaults = Settings::load(&vars(&[]), true).unwrap();
+        assert_eq!(defaults.amqp.queue_assignment().0, ["jelou-bridge.tickets"]);
+        let err = Settings::load(
+            &vars(&[("JELOU_BRIDGE__AMQP__SHARD_EXCHANGE", "helpdesk.shards")]),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "amqp.shard_exchange", "shards need their queues");
+        let err = Settings::load(
+            &vars(&[("JELOU_BRIDGE__AMQP__CONSUME_QUEUES", "s0,s1,s0")]),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "amqp.consume_queues");
     }
 }

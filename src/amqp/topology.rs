@@ -2,10 +2,17 @@
 //! `amqp.exchange` (topic) → `amqp.queue` (quorum by default, bound to the ticket keys,
 //! dead-lettering to `<queue>.dlx` → `<queue>.dead`), one delay queue per retry tier that
 //! dead-letters back into the queue it serves, and `amqp.events_exchange` (topic).
+//!
+//! Sharded (`amqp.consume_queues` set): the shard queues instead of `amqp.queue`, each with
+//! single active consumer; with `amqp.shard_exchange` also a consistent-hash exchange hashing
+//! on the `amqp.shard_header` header, bound to `amqp.exchange` with the ticket keys, and every
+//! shard queue bound to it with weight 1.
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
@@ -167,7 +174,11 @@ pub async fn declare(
                 .await?;
         }
     }
-    if !sharded {
+    if sharded {
+        if !amqp.shard_exchange.is_empty() {
+            declare_shard_exchange(channel, amqp).await?;
+        }
+    } else {
         for key in &amqp.binding_keys {
             channel
                 .queue_bind(
@@ -179,6 +190,48 @@ pub async fn declare(
                 )
                 .await?;
         }
+    }
+    Ok(())
+}
+
+/// The consistent-hash exchange and its bindings. Declaring an existing binding again is a
+/// no-op for the broker, so each queue keeps its one weight and the ring does not change.
+/// The ring follows binding order: list the shard queues in the same order everywhere.
+async fn declare_shard_exchange(channel: &Channel, amqp: &AmqpSettings) -> lapin::Result<()> {
+    let mut args = FieldTable::default();
+    put(&mut args, "hash-header", text(&amqp.shard_header));
+    channel
+        .exchange_declare(
+            amqp.shard_exchange.as_str().into(),
+            ExchangeKind::Custom("x-consistent-hash".into()),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            args,
+        )
+        .await?;
+    for key in &amqp.binding_keys {
+        channel
+            .exchange_bind(
+                amqp.shard_exchange.as_str().into(),
+                amqp.exchange.as_str().into(),
+                key.as_str().into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for q in &amqp.consume_queues {
+        channel
+            .queue_bind(
+                q.as_str().into(),
+                amqp.shard_exchange.as_str().into(),
+                "1".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
     }
     Ok(())
 }
