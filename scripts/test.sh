@@ -10,11 +10,14 @@ scripts/ensure-services.sh --postgres
 export JB_TEST_AMQP_URL="${JB_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export JB_TEST_PG_URL="${JB_TEST_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 
+# Build first (not timed), then run each group under a deadline, so a hung test fails the
+# run with a clear message instead of eating CI's time.
+cargo test --locked --no-run --lib --bins --test api $( [ -d tests/faults ] && echo --test faults )
 echo "== unit and integration tests (parallel) =="
-cargo test --locked --lib --bins --test api
+timeout --kill-after=10 900 cargo test --locked --lib --bins --test api
 if [ -d tests/faults ]; then
   echo "== fault tests (kill -9, broker restarts; one at a time) =="
-  cargo test --locked --test faults -- --test-threads=1
+  timeout --kill-after=10 1200 cargo test --locked --test faults -- --test-threads=1
 fi
 if [ -x scripts/check-deploy.sh ]; then
   echo "== deployment files =="
