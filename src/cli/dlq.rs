@@ -21,6 +21,7 @@ use crate::store::now_ms;
 pub enum DlqCommand {
     /// Dead letters, oldest first: ticket, reason, attempts, first error, age.
     List {
+        /// At most this many dead letters.
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },

@@ -21,7 +21,8 @@ use crate::telemetry;
 #[command(
     name = "jelou-bridge",
     version,
-    about = "Bridges helpdesk ticket events on RabbitMQ to Jelou's external-support API, and Jelou's webhooks back onto the bus."
+    about = "Bridges helpdesk ticket events on RabbitMQ to Jelou's external-support API, and Jelou's webhooks back onto the bus.",
+    after_help = "Configuration: compiled-in defaults, then config/default.toml and config/$JELOU_BRIDGE_ENV.toml in the working directory, then --config FILE, then JELOU_BRIDGE__SECTION__KEY environment variables.\n\nExit codes: 0 ok, 1 operational failure (broker, store or Jelou unreachable, a failed outcome, a timeout), 2 usage or configuration error."
 )]
 pub struct Cli {
     /// A configuration file layered over config/default.toml and config/$JELOU_BRIDGE_ENV.toml.

@@ -14,9 +14,10 @@ pub enum TicketsCommand {
     },
     /// Recent tickets, newest first, one per line.
     List {
-        /// Only tickets in this state: starting, active, closing, closed or failed.
-        #[arg(long)]
+        /// Only tickets in this state.
+        #[arg(long, value_parser = ["starting", "active", "closing", "closed", "failed"])]
         state: Option<String>,
+        /// At most this many lines.
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
