@@ -209,19 +209,35 @@ async fn check_config(settings: &Settings, probe: bool) -> anyhow::Result<ExitCo
             Err(_) => Err("no answer within 10s".into()),
         },
     );
+    let store_url = secrecy::ExposeSecret::expose_secret(&settings.store.url);
     let store = async {
-        let store = crate::store::Store::connect(&settings.store, "check-config".into()).await?;
-        store.ping().await?;
-        store.close().await;
-        Ok::<_, crate::store::StoreError>(())
+        if store_url.starts_with("sqlite:") {
+            let store = crate::store::Store::connect(&settings.store, "check-config".into())
+                .await
+                .map_err(|e| e.to_string())?;
+            store.ping().await.map_err(|e| e.to_string())?;
+            store.close().await;
+        } else {
+            // One connection, not the pool: the pool would retry a refused connection until
+            // its acquire timeout and then report only that it timed out.
+            use sqlx::Connection;
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(store_url)
+                .await
+                .map_err(|e| e.to_string())?;
+            sqlx::query("SELECT 1")
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = conn.close().await;
+        }
+        Ok::<_, String>(())
     };
     report(
         "store",
         match tokio::time::timeout(Duration::from_secs(10), store).await {
-            Ok(Ok(())) => Ok(crate::config::redacted_url(
-                secrecy::ExposeSecret::expose_secret(&settings.store.url),
-            )),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(())) => Ok(crate::config::redacted_url(store_url)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err("no answer within 10s".into()),
         },
     );
