@@ -85,12 +85,10 @@ pub struct AmqpSettings {
     /// `consume_queues`, hashing on the `shard_header` header. Empty: not declared.
     pub shard_exchange: String,
     pub shard_header: String,
-    /// Replicas sharing `consume_queues`: this one takes queue `i` at once when
-    /// `i % replica_count == replica_index`, and waits on the others as a standby.
+    /// Replicas sharing `consume_queues`: this one consumes queue `i` when
+    /// `i % replica_count == replica_index % replica_count`.
     pub replica_count: u32,
     pub replica_index: u32,
-    #[serde(with = "humantime_serde")]
-    pub standby_delay: Duration,
 }
 
 impl AmqpSettings {
@@ -103,19 +101,19 @@ impl AmqpSettings {
         }
     }
 
-    /// The consumed queues split in two: those this replica consumes at once (its own), and
-    /// those it subscribes to after `standby_delay` as a waiting single active consumer,
-    /// taking one over only when the replica that owns it goes away.
-    pub fn queue_assignment(&self) -> (Vec<String>, Vec<String>) {
+    /// The queues this process consumes: with several replicas, its share of
+    /// [`Self::consumed_queues`]. Processes with the same `replica_index % replica_count`
+    /// consume the same share; single active consumer makes one of them work and the others
+    /// wait as standbys.
+    pub fn own_queues(&self) -> Vec<String> {
         let count = self.replica_count.max(1) as usize;
-        let index = self.replica_index as usize;
-        let (own, standby): (Vec<_>, Vec<_>) = self
-            .consumed_queues()
+        let index = self.replica_index as usize % count;
+        self.consumed_queues()
             .into_iter()
             .enumerate()
-            .partition(|(i, _)| count == 1 || i % count == index);
-        let names = |v: Vec<(usize, String)>| v.into_iter().map(|(_, q)| q).collect();
-        (names(own), names(standby))
+            .filter(|(i, _)| i % count == index)
+            .map(|(_, q)| q)
+            .collect()
     }
 
     /// Where dead letters are published: `<queue>.dlx`, bound to `<queue>.dead`.
@@ -523,12 +521,6 @@ impl Settings {
                 format!("must be between 1 and the number of consumed queues ({queues})"),
             ));
         }
-        if a.replica_index >= a.replica_count {
-            return Err(ConfigError::new(
-                "amqp.replica_index",
-                format!("must be below amqp.replica_count ({})", a.replica_count),
-            ));
-        }
         Ok(())
     }
 
@@ -861,7 +853,7 @@ mod tests {
     }
 
     #[test]
-    fn replicas_split_the_shard_queues_and_stand_by_on_the_rest() {
+    fn replicas_split_the_shard_queues() {
         let shards = "s0,s1,s2,s3,s4,s5";
         let load = |count: &str, index: &str| {
             Settings::load(
@@ -876,24 +868,21 @@ mod tests {
         };
         let s = load("3", "1").unwrap();
         assert_eq!(s.amqp.shard_header, "x-ticket-id");
-        let (own, standby) = s.amqp.queue_assignment();
-        assert_eq!(own, ["s1", "s4"]);
-        assert_eq!(standby, ["s0", "s2", "s3", "s5"]);
-        let (own, standby) = load("1", "0").unwrap().amqp.queue_assignment();
-        assert_eq!(own.len(), 6);
-        assert!(standby.is_empty());
-        // Every queue is some replica's own, exactly once.
+        assert_eq!(s.amqp.own_queues(), ["s1", "s4"]);
+        assert_eq!(load("1", "0").unwrap().amqp.own_queues().len(), 6);
+        // Every queue is some replica's, exactly once.
         let mut owned: Vec<String> = (0..4)
-            .flat_map(|i| load("4", &i.to_string()).unwrap().amqp.queue_assignment().0)
+            .flat_map(|i| load("4", &i.to_string()).unwrap().amqp.own_queues())
             .collect();
         owned.sort();
         assert_eq!(owned, ["s0", "s1", "s2", "s3", "s4", "s5"]);
+        // A second process with an index one count higher is the first one's standby.
+        assert_eq!(load("3", "4").unwrap().amqp.own_queues(), ["s1", "s4"]);
 
-        assert_eq!(load("3", "3").unwrap_err().key, "amqp.replica_index");
         assert_eq!(load("7", "0").unwrap_err().key, "amqp.replica_count");
         assert_eq!(load("0", "0").unwrap_err().key, "amqp.replica_count");
         let defaults = Settings::load(&vars(&[]), true).unwrap();
-        assert_eq!(defaults.amqp.queue_assignment().0, ["jelou-bridge.tickets"]);
+        assert_eq!(defaults.amqp.own_queues(), ["jelou-bridge.tickets"]);
         let err = Settings::load(
             &vars(&[("JELOU_BRIDGE__AMQP__SHARD_EXCHANGE", "helpdesk.shards")]),
             true,
@@ -907,4 +896,5 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.key, "amqp.consume_queues");
     }
+
 }

@@ -38,8 +38,7 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
             conn,
             publisher,
             mut consumers,
-            mut consuming,
-            standby,
+            consuming,
         } = match session {
             Ok(s) => s,
             Err(e) => {
@@ -54,11 +53,8 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
         };
         backoff = reconnect_backoff(&settings.amqp);
         link.set(Some(publisher.clone()));
-        info!(broker = %settings.amqp.redacted_url(), queues = ?settings.amqp.queue_assignment().0, standby = ?standby, prefetch = settings.amqp.prefetch, "consuming");
-        // Standby subscriptions wait, so that replicas started together each become the
-        // single active consumer of their own queues first.
-        let standby_at = tokio::time::Instant::now() + settings.amqp.standby_delay;
-        let mut standby = Some(standby).filter(|s| !s.is_empty());
+        metrics::gauge!("jelou_bridge_subscribed_queues").set(consuming.len() as f64);
+        info!(broker = %settings.amqp.redacted_url(), queues = ?settings.amqp.own_queues(), prefetch = settings.amqp.prefetch, "consuming");
         // The publishing channel can die on its own (say an exchange was deleted under it);
         // without it no delivery can be settled, so that ends the session too.
         let mut watch = tokio::time::interval(Duration::from_secs(1));
@@ -71,15 +67,6 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
                     }
                     warn!("the publishing channel closed; reconnecting");
                     break true;
-                }
-                _ = tokio::time::sleep_until(standby_at), if standby.is_some() => {
-                    let queues = standby.take().unwrap_or_default();
-                    if let Err(e) = subscribe_all(&conn, &settings.amqp, &name, &queues, &mut consumers, &mut consuming).await {
-                        error!(error = %e, "cannot subscribe as a standby; reconnecting");
-                        break true;
-                    }
-                    info!(queues = ?queues, "standing by on the other replicas' queues");
-                    continue;
                 }
                 _ = shutdown.cancelled() => break false,
             };
@@ -98,6 +85,7 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
             }
         };
         link.set(None);
+        metrics::gauge!("jelou_bridge_subscribed_queues").set(0.0);
         if lost {
             // Deliveries of the lost session cannot be acked any more: the broker gives them
             // to the next session, where the lanes queue them behind any work still running.
@@ -124,8 +112,6 @@ struct Session {
     consumers: Consumers,
     /// The consuming channels and their consumer tags, to cancel at shutdown.
     consuming: Vec<(Channel, String)>,
-    /// Queues to subscribe to later, as a standby (see `AmqpSettings::queue_assignment`).
-    standby: Vec<String>,
 }
 
 async fn open_session(bridge: &Bridge, name: &str) -> anyhow::Result<Session> {
@@ -135,29 +121,11 @@ async fn open_session(bridge: &Bridge, name: &str) -> anyhow::Result<Session> {
     topology::declare(publisher.channel(), amqp, &bridge.settings.retry)
         .await
         .map_err(|e| anyhow::anyhow!("cannot declare the topology: {e}"))?;
-    let (own, standby) = amqp.queue_assignment();
     let mut consumers = SelectAll::new();
     let mut consuming = Vec::new();
-    subscribe_all(&conn, amqp, name, &own, &mut consumers, &mut consuming).await?;
-    Ok(Session {
-        conn,
-        publisher,
-        consumers,
-        consuming,
-        standby,
-    })
-}
-
-/// Consumes `queues`, one channel each so the prefetch bound holds per queue.
-async fn subscribe_all(
-    conn: &Connection,
-    amqp: &crate::config::AmqpSettings,
-    name: &str,
-    queues: &[String],
-    consumers: &mut Consumers,
-    consuming: &mut Vec<(Channel, String)>,
-) -> lapin::Result<()> {
-    for queue in queues {
+    // With several replicas, only this one's share of the queues (`AmqpSettings::own_queues`).
+    for queue in amqp.own_queues() {
+        // One channel per queue, so the prefetch bound holds per queue.
         let channel = conn.create_channel().await?;
         channel
             .basic_qos(amqp.prefetch, BasicQosOptions::default())
@@ -175,7 +143,12 @@ async fn subscribe_all(
         consumers.push(consumer.map(move |d| (queue.clone(), d)).boxed());
         consuming.push((channel, tag));
     }
-    Ok(())
+    Ok(Session {
+        conn,
+        publisher,
+        consumers,
+        consuming,
+    })
 }
 
 /// Decodes in delivery order (so the ticket lanes keep publish order), then spawns the work.
