@@ -26,9 +26,9 @@ async fn spawn_signed_app() -> TestApp {
 }
 
 /// Posts `body` to the webhook with `signature` (if any); the status and the JSON answer.
-async fn post(app: &TestApp, body: &[u8], signature: Option<&str>) -> (u16, Value) {
+async fn post(http: &str, body: &[u8], signature: Option<&str>) -> (u16, Value) {
     let mut req = reqwest::Client::new()
-        .post(format!("{}/webhooks/jelou", app.http))
+        .post(format!("{http}/webhooks/jelou"))
         .header("content-type", "application/json")
         .body(body.to_vec());
     if let Some(sig) = signature {
@@ -44,10 +44,10 @@ async fn post(app: &TestApp, body: &[u8], signature: Option<&str>) -> (u16, Valu
 }
 
 /// Posts `event` signed with the test's secret, as Jelou does.
-async fn post_signed(app: &TestApp, event: &Value) -> (u16, Value) {
+async fn post_signed(http: &str, event: &Value) -> (u16, Value) {
     let body = event.to_string();
     post(
-        app,
+        http,
         body.as_bytes(),
         Some(&signature(SECRET, body.as_bytes())),
     )
@@ -128,7 +128,7 @@ async fn an_operator_close_in_jelou_reaches_the_bus_once_and_settles_the_ticket(
         1777992928697,
         json!({"reason": "closed_by_operator_in_jelou", "redirectPayload": null}),
     );
-    let (status, answer) = post_signed(&app, &close).await;
+    let (status, answer) = post_signed(&app.http, &close).await;
     assert_eq!(status, 200, "{answer}");
     let seen = app.bus.expect(1, WAIT).await.remove(0);
     assert_forwarded(
@@ -140,7 +140,7 @@ async fn an_operator_close_in_jelou_reaches_the_bus_once_and_settles_the_ticket(
     );
 
     // Jelou delivers the same event again: answered 200, published once.
-    let (status, answer) = post_signed(&app, &close).await;
+    let (status, answer) = post_signed(&app.http, &close).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "duplicate");
     app.bus.expect_silence(QUIET).await;
@@ -175,7 +175,7 @@ async fn start_and_message_events_find_their_ticket() {
         1777992900000,
         json!({"initial_message": "Hola", "metadata": {"ticketId": "T-EXT-9", "priority": "high"}}),
     );
-    let (status, answer) = post_signed(&app, &start).await;
+    let (status, answer) = post_signed(&app.http, &start).await;
     assert_eq!(status, 200, "{answer}");
     let seen = app.bus.expect(1, WAIT).await.remove(0);
     assert_forwarded(
@@ -188,14 +188,14 @@ async fn start_and_message_events_find_their_ticket() {
 
     // A user's message in the bridge's conversation: the ticket comes from the store.
     let message = user_message(&conversation, "msg-1", "¿Hay novedades?");
-    let (status, answer) = post_signed(&app, &message).await;
+    let (status, answer) = post_signed(&app.http, &message).await;
     assert_eq!(status, 200, "{answer}");
     let seen = app.bus.expect(1, WAIT).await.remove(0);
     assert_forwarded(&seen, "message", Some("T-WH2"), &conversation, &message);
 
     // A message in a conversation nobody knows is still forwarded, with ticketId null.
     let stray = user_message("conv-unknown", "msg-2", "hola");
-    let (status, _) = post_signed(&app, &stray).await;
+    let (status, _) = post_signed(&app.http, &stray).await;
     assert_eq!(status, 200);
     let seen = app.bus.expect(1, WAIT).await.remove(0);
     assert_forwarded(&seen, "message", None, "conv-unknown", &stray);
@@ -204,7 +204,7 @@ async fn start_and_message_events_find_their_ticket() {
     // same message.
     let mut again = message.clone();
     again["timestamp"] = json!(1777992999999u64);
-    let (status, answer) = post_signed(&app, &again).await;
+    let (status, answer) = post_signed(&app.http, &again).await;
     assert_eq!(
         (status, answer["status"].as_str()),
         (200, Some("duplicate"))
@@ -242,7 +242,7 @@ async fn unsigned_or_badly_signed_requests_get_401_and_publish_nothing() {
         ("not hex", Some("sha256=zzzz".into())),
     ];
     for (case, sig) in &cases {
-        let (status, answer) = post(&app, body.as_bytes(), sig.as_deref()).await;
+        let (status, answer) = post(&app.http, body.as_bytes(), sig.as_deref()).await;
         assert_eq!(status, 401, "{case}: {answer}");
         assert_eq!(answer["error"], "bad_signature", "{case}: {answer}");
     }
@@ -251,7 +251,7 @@ async fn unsigned_or_badly_signed_requests_get_401_and_publish_nothing() {
     // The same body, correctly signed, is accepted: the refusals were about the signature,
     // and none of them was remembered as a delivery.
     let (status, answer) = post(
-        &app,
+        &app.http,
         body.as_bytes(),
         Some(&signature(SECRET, body.as_bytes())),
     )
@@ -283,7 +283,7 @@ async fn unreadable_or_unknown_events_get_400_with_a_clear_error() {
         ),
     ] {
         let (body, sig) = signed(body);
-        let (status, answer) = post(&app, body.as_bytes(), Some(&sig)).await;
+        let (status, answer) = post(&app.http, body.as_bytes(), Some(&sig)).await;
         assert_eq!(status, 400, "{body}: {answer}");
         assert_eq!(answer["error"], expect_error, "{body}: {answer}");
         let detail = answer["detail"].as_str().unwrap_or_default();
@@ -298,13 +298,13 @@ async fn a_body_over_256_kib_gets_413() {
     let mut app = spawn_signed_app().await;
     let mut event = user_message("conv-big", "msg-big", "");
     event["value"]["content"]["body"] = json!("x".repeat(300 * 1024));
-    let (status, answer) = post_signed(&app, &event).await;
+    let (status, answer) = post_signed(&app.http, &event).await;
     assert_eq!(status, 413, "{answer}");
     assert_eq!(answer["error"], "too_large", "{answer}");
 
     // Just under the limit is fine.
     event["value"]["content"]["body"] = json!("x".repeat(250 * 1024));
-    let (status, answer) = post_signed(&app, &event).await;
+    let (status, answer) = post_signed(&app.http, &event).await;
     assert_eq!(status, 200, "{answer}");
     let seen = app.bus.expect(1, WAIT).await.remove(0);
     assert_eq!(seen.routing_key, "jelou.message");
@@ -323,7 +323,7 @@ async fn without_a_signing_secret_nothing_is_accepted() {
         Some(signature("", body.as_bytes())),
         Some(signature(SECRET, body.as_bytes())),
     ] {
-        let (status, answer) = post(&app, body.as_bytes(), sig.as_deref()).await;
+        let (status, answer) = post(&app.http, body.as_bytes(), sig.as_deref()).await;
         assert_eq!(status, 503, "{answer}");
         assert_eq!(answer["error"], "not_configured", "{answer}");
         assert!(
@@ -336,4 +336,80 @@ async fn without_a_signing_secret_nothing_is_accepted() {
     }
     app.bus.expect_silence(QUIET).await;
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_log_lines_name_the_ticket_and_the_correlation_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&unique("jbt-whlog"), "http://127.0.0.1:1", dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = format!("http://127.0.0.1:{port}");
+    let mut cmd = tokio::process::Command::new(bridge_bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("JELOU_BRIDGE") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .args(["run", "--sandbox"])
+        .env("JELOU_BRIDGE__AMQP__URL", amqp_url())
+        .env("JELOU_BRIDGE__AMQP__EXCHANGE", &settings.amqp.exchange)
+        .env("JELOU_BRIDGE__AMQP__QUEUE", &settings.amqp.queue)
+        .env(
+            "JELOU_BRIDGE__AMQP__EVENTS_EXCHANGE",
+            &settings.amqp.events_exchange,
+        )
+        .env(
+            "JELOU_BRIDGE__STORE__URL",
+            format!("sqlite://{}/s.db", dir.path().display()),
+        )
+        .env("JELOU_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", SECRET)
+        .env("JELOU_BRIDGE__LOG__FORMAT", "json")
+        .env("JELOU_BRIDGE__LOG__LEVEL", "info")
+        .env_remove("RUST_LOG")
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while reqwest::get(format!("{http}/readyz"))
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(std::time::Instant::now() < deadline, "bridge not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let start = lifecycle(
+        "conversation.start",
+        "conv-whlog-1",
+        1777992900001,
+        json!({"metadata": {"ticketId": "T-WHLOG"}}),
+    );
+    assert_eq!(post_signed(&http, &start).await.0, 200);
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let line = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "webhook published")
+        .unwrap_or_else(|| panic!("no `webhook published` line in:\n{logs}"));
+    assert_eq!(line["span"]["ticket_id"], "T-WHLOG", "{line}");
+    assert_eq!(line["span"]["correlation_id"], "conv-whlog-1", "{line}");
+    assert_eq!(line["span"]["event"], "conversation.start", "{line}");
 }
