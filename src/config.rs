@@ -896,5 +896,4 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.key, "amqp.consume_queues");
     }
-
 }

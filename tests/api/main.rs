@@ -8,6 +8,8 @@ mod cli;
 mod commands;
 mod failures;
 mod health;
+mod sharding;
 mod store;
 mod tickets;
+mod tls;
 mod webhook;
