@@ -50,6 +50,8 @@ ensure_rabbitmq() {
   if ! port_open 5672; then
     command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
     say "starting RabbitMQ"
+    # Every quorum queue holds file handles; the default limit of 1024 runs out early.
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     if have_systemd; then
       as_root systemctl start rabbitmq-server
     else

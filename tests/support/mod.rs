@@ -362,18 +362,44 @@ impl TestApp {
         self.settings.amqp.dead_letter_queue()
     }
 
-    /// Stops the bridge gracefully and waits for it.
+    /// Stops the bridge gracefully, waits for it, and deletes the test's queues and exchanges
+    /// (quorum queues hold broker resources; left behind, hundreds of them wear it down).
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
             h.await.unwrap().unwrap();
         }
+        delete_topology(&self.bus.channel, &self.settings).await;
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// Deletes what the bridge declared for `settings` (best effort: a test's clean-up must not
+/// fail it).
+pub async fn delete_topology(channel: &Channel, settings: &Settings) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let a = &settings.amqp;
+    let mut queues = vec![a.dead_letter_queue()];
+    for q in a.consumed_queues() {
+        for d in &settings.retry.delays {
+            queues.push(jelou_bridge::amqp::topology::delay_queue(&q, *d));
+        }
+        queues.push(q);
+    }
+    for q in queues {
+        let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    let mut exchanges = vec![a.exchange.clone(), a.events_exchange.clone(), a.dead_letter_exchange()];
+    if !a.shard_exchange.is_empty() {
+        exchanges.push(a.shard_exchange.clone());
+    }
+    for e in exchanges {
+        let _ = channel.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
     }
 }
 
