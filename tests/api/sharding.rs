@@ -322,34 +322,5 @@ async fn three_replicas_on_the_sharded_topology_keep_each_tickets_order() {
         let logs = r.logs();
         assert_eq!(r.stop().await, Some(0), "graceful exit: {logs}");
     }
-    delete_topology(&bus, &settings).await;
-}
-
-/// Removes the test's queues and exchanges: quorum queues hold broker resources.
-async fn delete_topology(bus: &Bus, settings: &jelou_bridge::config::Settings) {
-    let a = &settings.amqp;
-    let mut queues = vec![a.dead_letter_queue()];
-    for q in &a.consume_queues {
-        queues.push(q.clone());
-        for d in &settings.retry.delays {
-            queues.push(jelou_bridge::amqp::topology::delay_queue(q, *d));
-        }
-    }
-    for q in queues {
-        bus.channel
-            .queue_delete(q.as_str().into(), Default::default())
-            .await
-            .unwrap();
-    }
-    for x in [
-        &a.shard_exchange,
-        &a.exchange,
-        &a.events_exchange,
-        &a.dead_letter_exchange(),
-    ] {
-        bus.channel
-            .exchange_delete(x.as_str().into(), Default::default())
-            .await
-            .unwrap();
-    }
+    delete_topology(&bus.channel, &settings).await;
 }
