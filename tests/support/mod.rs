@@ -300,6 +300,7 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    keep_topology: bool,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -335,6 +336,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings, &mut MockOptio
         dir,
         shutdown,
         handle: Some(handle),
+        keep_topology: false,
     };
     test_app.wait_ready(Duration::from_secs(20)).await;
     test_app
@@ -362,21 +364,51 @@ impl TestApp {
         self.settings.amqp.dead_letter_queue()
     }
 
-    /// Stops the bridge gracefully, waits for it, and deletes the test's queues and exchanges
-    /// (quorum queues hold broker resources; left behind, hundreds of them wear it down).
+    /// Stops the bridge gracefully and waits for it; dropping the app then deletes the test's
+    /// queues and exchanges.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
             h.await.unwrap().unwrap();
         }
-        delete_topology(&self.bus.channel, &self.settings).await;
+    }
+
+    /// Stops the bridge but leaves its queues and exchanges for the test to use; the test
+    /// deletes them with [`delete_topology`].
+    pub async fn stop_keeping_topology(mut self) {
+        self.keep_topology = true;
+        self.stop().await;
     }
 }
 
 impl Drop for TestApp {
+    /// Also on a failed test: quorum queues hold broker resources, and hundreds left behind
+    /// wear the broker down.
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if !self.keep_topology {
+            let settings = self.settings.clone();
+            let _ = std::thread::spawn(move || delete_topology_blocking(&settings)).join();
+        }
     }
+}
+
+/// [`delete_topology`] from outside any runtime (drop).
+pub fn delete_topology_blocking(settings: &Settings) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+            if let Ok(channel) = conn.create_channel().await {
+                delete_topology(&channel, settings).await;
+            }
+            let _ = conn.close(200, "cleaned up".into()).await;
+        }
+    });
 }
 
 /// Deletes what the bridge declared for `settings` (best effort: a test's clean-up must not
@@ -392,14 +424,22 @@ pub async fn delete_topology(channel: &Channel, settings: &Settings) {
         queues.push(q);
     }
     for q in queues {
-        let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
-    let mut exchanges = vec![a.exchange.clone(), a.events_exchange.clone(), a.dead_letter_exchange()];
+    let mut exchanges = vec![
+        a.exchange.clone(),
+        a.events_exchange.clone(),
+        a.dead_letter_exchange(),
+    ];
     if !a.shard_exchange.is_empty() {
         exchanges.push(a.shard_exchange.clone());
     }
     for e in exchanges {
-        let _ = channel.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+        let _ = channel
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
     }
 }
 
