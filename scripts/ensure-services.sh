@@ -50,8 +50,12 @@ ensure_rabbitmq() {
   if ! port_open 5672; then
     command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
     say "starting RabbitMQ"
-    # Every quorum queue holds file handles; the default limit of 1024 runs out early.
-    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    # Every quorum queue holds file handles and the default limit of 1024 runs out early.
+    # Debian's wrapper switches user and resets ulimits, so the limit goes where the server
+    # reads it: rabbitmq-env.conf, sourced by the server's start script.
+    if [ -d /etc/rabbitmq ] && ! grep -qs '^ulimit -n' /etc/rabbitmq/rabbitmq-env.conf; then
+      echo 'ulimit -n 65536' | as_root tee -a /etc/rabbitmq/rabbitmq-env.conf >/dev/null
+    fi
     if have_systemd; then
       as_root systemctl start rabbitmq-server
     else
