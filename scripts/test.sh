@@ -11,13 +11,10 @@ export JB_TEST_AMQP_URL="${JB_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%
 export JB_TEST_PG_URL="${JB_TEST_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 
 # Queues left by earlier interrupted runs (test names start with jbt-) wear the broker down:
-# delete them in one call when the broker is local.
+# delete them when the broker is local.
 if command -v rabbitmqctl >/dev/null 2>&1; then
-  timeout 120 rabbitmqctl -q eval '
-    Qs = [Q || Q <- rabbit_amqqueue:list(),
-               begin {resource, _, queue, N} = amqqueue:get_name(Q), binary:match(N, <<"jbt-">>) =:= {0, 4} end],
-    [catch rabbit_amqqueue:delete(Q, false, false, <<"jelou-bridge tests">>) || Q <- Qs],
-    length(Qs).' >/dev/null 2>&1 || echo "(could not clean old test queues; continuing)"
+  rabbitmqctl list_queues -q name 2>/dev/null | cargo run --locked --quiet --example clean_test_queues \
+    || echo "(could not clean old test queues; continuing)"
 fi
 
 # Build first (not timed), then run each group under a deadline, so a hung test fails the

@@ -1,0 +1,38 @@
+//! Deletes the queues that interrupted test runs left on the broker (names starting with
+//! `jbt-`), read one per line from standard input — feed it `rabbitmqctl list_queues -q name`.
+//! Left behind, hundreds of quorum queues wear a broker down. Used by `scripts/test.sh`.
+
+use std::io::BufRead;
+
+use lapin::options::QueueDeleteOptions;
+use lapin::{Connection, ConnectionProperties};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::var("JB_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let names: Vec<String> = std::io::stdin()
+        .lock()
+        .lines()
+        .map_while(Result::ok)
+        .map(|l| l.trim().to_string())
+        .filter(|n| n.starts_with("jbt-"))
+        .collect();
+    let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let mut deleted = 0;
+    for name in &names {
+        // A failed delete closes the channel: one channel per queue keeps going.
+        let channel = conn.create_channel().await?;
+        if channel
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .is_ok()
+        {
+            deleted += 1;
+            let _ = channel.close(200, "done".into()).await;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    println!("deleted {deleted} of {} leftover test queues", names.len());
+    Ok(())
+}
