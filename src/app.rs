@@ -104,6 +104,8 @@ impl Application {
             store: self.store.clone(),
             link: self.link.clone(),
             events_exchange: settings.amqp.events_exchange.clone(),
+            // A forward takes at most one publish confirm.
+            claim_stale_after: settings.amqp.confirm_timeout * 2,
         });
         // The HTTP server outlives the consumer's drain so probes answer during shutdown.
         let http_stop = CancellationToken::new();

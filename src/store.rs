@@ -137,6 +137,17 @@ pub enum CloseClaim {
     Unknown,
 }
 
+/// The answer to "should this webhook delivery be forwarded?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookClaim {
+    /// Yes, by this request.
+    Claimed,
+    /// No: it was forwarded already.
+    Published,
+    /// Another request is forwarding it right now.
+    InFlight,
+}
+
 const COLUMNS: &str = "ticket_id, bot_id, user_id, conversation_id, state, owner, lease_until, \
                        ended_reason, last_error, attempts, created_at, updated_at";
 
@@ -475,16 +486,46 @@ impl Store {
         Ok(())
     }
 
-    /// Remembers a webhook delivery; false when it was seen before.
-    pub async fn remember_webhook(&self, key: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO webhook_events (event_key, received_at) VALUES ($1, $2) ON CONFLICT (event_key) DO NOTHING",
+    /// Claims a webhook delivery for forwarding. A claim left unpublished for `stale_after`
+    /// (its process died before the broker confirmed) may be taken again.
+    pub async fn claim_webhook(
+        &self,
+        key: &str,
+        stale_after: Duration,
+    ) -> Result<WebhookClaim, StoreError> {
+        let now = now_ms();
+        let claimed = sqlx::query(
+            "INSERT INTO webhook_events (event_key, received_at, published) VALUES ($1, $2, 0) \
+             ON CONFLICT (event_key) DO UPDATE SET received_at = excluded.received_at \
+             WHERE webhook_events.published = 0 AND webhook_events.received_at < $3 \
+             RETURNING event_key",
         )
         .bind(key)
-        .bind(now_ms())
-        .execute(&self.pool)
+        .bind(now)
+        .bind(now - stale_after.as_millis() as i64)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if claimed.is_some() {
+            return Ok(WebhookClaim::Claimed);
+        }
+        let published: Option<i64> =
+            sqlx::query_scalar("SELECT published FROM webhook_events WHERE event_key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match published {
+            Some(0) => WebhookClaim::InFlight,
+            _ => WebhookClaim::Published,
+        })
+    }
+
+    /// The claimed delivery was forwarded: later deliveries of it are duplicates.
+    pub async fn mark_webhook_published(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE webhook_events SET published = 1 WHERE event_key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Forgets a webhook delivery that could not be forwarded, so Jelou's retry gets through.

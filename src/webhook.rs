@@ -21,7 +21,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::amqp::{headers, set_str, BrokerLink};
 use crate::events::Outcome;
-use crate::store::Store;
+use crate::store::{Store, WebhookClaim};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -57,6 +57,9 @@ pub struct WebhookState {
     pub store: Store,
     pub link: Arc<BrokerLink>,
     pub events_exchange: String,
+    /// How long a claimed but unpublished delivery blocks repeats of it: past this, its
+    /// process is taken to have died, and a repeat forwards the event.
+    pub claim_stale_after: std::time::Duration,
 }
 
 /// The key that identifies one event across repeated deliveries: a message's `value.id`;
@@ -231,14 +234,27 @@ async fn accept(
         tracing::Span::current().record("ticket_id", t.as_str());
     }
     let key = dedup_key(event, payload);
-    match state.store.remember_webhook(&key).await {
-        Ok(true) => {}
-        Ok(false) => {
+    match state
+        .store
+        .claim_webhook(&key, state.claim_stale_after)
+        .await
+    {
+        Ok(WebhookClaim::Claimed) => {}
+        Ok(WebhookClaim::Published) => {
             info!(
                 conversation_id,
                 "duplicate webhook delivery: already published"
             );
             return reply(StatusCode::OK, "duplicate", event, "");
+        }
+        Ok(WebhookClaim::InFlight) => {
+            // Not 200: should the other request fail, this delivery must come again.
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "in_progress",
+                event,
+                "the same event is being forwarded by another request; retry later",
+            );
         }
         Err(e) => return store_down(&e),
     }
@@ -252,6 +268,10 @@ async fn accept(
     )
     .await;
     let Err(not_forwarded) = forwarded else {
+        if let Err(e) = state.store.mark_webhook_published(&key).await {
+            // Published all the same; a redelivery after the claim grows stale publishes again.
+            warn!(error = %e, "could not mark the webhook delivery as published");
+        }
         info!(conversation_id, "webhook published");
         return reply(StatusCode::OK, "published", event, "");
     };

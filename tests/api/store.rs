@@ -361,11 +361,36 @@ async fn jelou_webhooks_update_tickets(backend: Backend) {
 
 async fn webhook_deliveries_are_remembered_once(backend: Backend) {
     let (a, b) = backend.pair(LEASE).await;
-    assert!(a.remember_webhook("evt-1").await.unwrap());
-    assert!(!b.remember_webhook("evt-1").await.unwrap(), "seen before");
-    assert!(b.remember_webhook("evt-2").await.unwrap());
-    a.forget_webhook("evt-1").await.unwrap();
-    assert!(b.remember_webhook("evt-1").await.unwrap(), "forgotten");
+    use jelou_bridge::store::WebhookClaim::*;
+    let stale = Duration::from_millis(300);
+    assert_eq!(a.claim_webhook("evt-1", stale).await.unwrap(), Claimed);
+    assert_eq!(
+        b.claim_webhook("evt-1", stale).await.unwrap(),
+        InFlight,
+        "claimed, not yet published"
+    );
+    a.mark_webhook_published("evt-1").await.unwrap();
+    assert_eq!(
+        b.claim_webhook("evt-1", stale).await.unwrap(),
+        Published,
+        "seen before"
+    );
+    assert_eq!(b.claim_webhook("evt-2", stale).await.unwrap(), Claimed);
+    a.forget_webhook("evt-2").await.unwrap();
+    assert_eq!(
+        b.claim_webhook("evt-2", stale).await.unwrap(),
+        Claimed,
+        "forgotten"
+    );
+    // The claimer died before publishing: once its claim is stale, a repeat takes it.
+    assert_eq!(a.claim_webhook("evt-3", stale).await.unwrap(), Claimed);
+    tokio::time::sleep(stale + Duration::from_millis(50)).await;
+    assert_eq!(
+        b.claim_webhook("evt-3", stale).await.unwrap(),
+        Claimed,
+        "stale claim taken over"
+    );
+    assert_eq!(a.claim_webhook("evt-3", stale).await.unwrap(), InFlight);
 }
 
 async fn reopening_keeps_what_was_stored(backend: Backend) {
