@@ -491,14 +491,7 @@ impl Bridge {
                 .map(|_| "parked"),
             Decision::Requeue => {
                 metrics::counter!("jelou_bridge_ticket_events_total", "event" => event.0, "outcome" => "requeued").increment(1);
-                if let Err(e) = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-                {
+                if let Err(e) = acknowledge(delivery, Acknowledgement::Requeue).await {
                     debug!(error = %e, "could not return the delivery (the broker will redeliver it)");
                 }
                 return;
@@ -507,20 +500,14 @@ impl Bridge {
         match result {
             Ok(outcome) => {
                 metrics::counter!("jelou_bridge_ticket_events_total", "event" => event.0, "outcome" => outcome).increment(1);
-                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                if let Err(e) = acknowledge(delivery, Acknowledgement::Ack).await {
                     warn!(error = %e, "could not ack (the broker will redeliver; the store absorbs it)");
                 }
             }
             Err(e) => {
                 warn!(error = %e, "could not publish the outcome; returning the delivery to the queue");
                 metrics::counter!("jelou_bridge_ticket_events_total", "event" => event.0, "outcome" => "requeued").increment(1);
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                let _ = acknowledge(delivery, Acknowledgement::Requeue).await;
             }
         }
     }
@@ -636,6 +623,43 @@ impl Bridge {
         info!(action, delay = %humantime::format_duration(*tier), parked = msg.parked + 1, error, "parked in the delay queue");
         metrics::counter!("jelou_bridge_parked_total", "action" => action.to_string()).increment(1);
         Ok(())
+    }
+}
+
+/// Longest wait for an ack or nack to be handed to the connection. lapin can leave that
+/// future pending for ever when the connection dies at that very moment, which would hold the
+/// ticket's lane, and with it the redelivered copy, for good. Giving up is safe: the broker
+/// returns a delivery that was not settled when its connection goes, and the store absorbs
+/// the redelivery.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Acknowledgement {
+    Ack,
+    /// Back to the queue, for another try.
+    Requeue,
+}
+
+async fn acknowledge(delivery: &Delivery, how: Acknowledgement) -> Result<(), String> {
+    let sent = async {
+        match how {
+            Acknowledgement::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+            Acknowledgement::Requeue => {
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        }
+    };
+    match tokio::time::timeout(ACK_TIMEOUT, sent).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer from the connection within {ACK_TIMEOUT:?}"
+        )),
     }
 }
 

@@ -21,6 +21,11 @@ use crate::bridge::{Bridge, Inbound};
 use crate::lanes::TicketLanes;
 use crate::ticket;
 
+/// Longest wait for a connection, its channels and the topology declared.
+const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the broker to acknowledge closing a connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Runs until `shutdown` is cancelled, then stops consuming, lets in-flight deliveries finish
 /// for up to `shutdown.grace`, and closes the connection (returning what is left unacked).
 pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: CancellationToken) {
@@ -31,7 +36,13 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
     let name = format!("jelou-bridge {}", bridge.store.instance());
     while !shutdown.is_cancelled() {
         let session = tokio::select! {
-            s = open_session(&bridge, &name) => s,
+            // A broker that accepts the TCP connection but never completes the handshake (an
+            // overloaded or wedged node) must not hold the supervisor for good.
+            s = tokio::time::timeout(SESSION_SETUP_TIMEOUT, open_session(&bridge, &name)) => {
+                s.unwrap_or_else(|_| Err(anyhow::anyhow!(
+                    "the broker did not complete the connection and topology within {SESSION_SETUP_TIMEOUT:?}"
+                )))
+            }
             _ = shutdown.cancelled() => break,
         };
         let Session {
@@ -89,12 +100,14 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
         if lost {
             // Deliveries of the lost session cannot be acked any more: the broker gives them
             // to the next session, where the lanes queue them behind any work still running.
-            let _ = conn.close(320, "reconnecting".into()).await;
+            // Bounded, as lapin has been seen to leave futures on a dead connection pending.
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, conn.close(320, "reconnecting".into())).await;
             continue;
         }
         stop_consuming(&consuming).await;
         drain(&tracker, settings.shutdown.grace).await;
-        let _ = conn.close(200, "shutting down".into()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "shutting down".into())).await;
         return;
     }
     link.set(None);
