@@ -1,0 +1,814 @@
+//! What the fault scenarios share: the real `jelou-bridge` binary as a child process
+//! ([`BridgeProcess`]), a [`Scenario`] (unique names, a stand-in for Jelou, a store, the
+//! environment every process of the scenario gets), the helpdesk's side of the bus
+//! ([`Helpdesk`]), an [`Observer`] of the events exchange that survives broker restarts, and
+//! per-ticket tallies of what came out ([`Tally`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use jelou_bridge::jelou::mock::{MockJelou, MockOptions, RecordedCall};
+use jelou_bridge::jelou::Endpoint;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{amqp_url, bridge_bin, unique, PgDatabase, Seen, API_KEY, PROJECT};
+
+/// A broker connection, or a failed test when the broker does not answer in time (a broker
+/// that accepts TCP but never completes the handshake would otherwise hang the test).
+pub async fn connect() -> Connection {
+    tokio::time::timeout(Duration::from_secs(20), crate::support::connect())
+        .await
+        .expect("the broker completes a connection within 20s")
+}
+
+/// Where a scenario's ticket store lives.
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// One fault scenario: its names on the broker, its stand-in for Jelou, its store, and the
+/// environment every bridge process it starts gets.
+pub struct Scenario {
+    pub name: String,
+    pub queue: String,
+    pub exchange: String,
+    pub events_exchange: String,
+    pub mock: MockJelou,
+    pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    delays: Vec<String>,
+    _pg: Option<PgDatabase>,
+}
+
+impl Scenario {
+    /// `settings` are `(KEY, value)` pairs for `JELOU_BRIDGE__KEY`, over the scenario's
+    /// defaults (short retries and reconnects, a 2 s lease, 10 s of shutdown grace).
+    pub async fn new(store: StoreKind, latency: Duration, settings: &[(&str, &str)]) -> Scenario {
+        let name = unique("jbf");
+        let dir = tempfile::tempdir().unwrap();
+        let mock = MockJelou::start(
+            "127.0.0.1:0".parse().unwrap(),
+            MockOptions {
+                api_key: Some(API_KEY.into()),
+                latency,
+                ..MockOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let (store_url, pg) = match store {
+            StoreKind::Sqlite => (
+                format!("sqlite://{}", dir.path().join("store.db").display()),
+                None,
+            ),
+            StoreKind::Postgres => {
+                let pg = PgDatabase::create().await;
+                (pg.url.clone(), Some(pg))
+            }
+        };
+        let queue = format!("{name}.tickets");
+        let exchange = format!("{name}.helpdesk");
+        let events_exchange = format!("{name}.events");
+        let mut env: BTreeMap<String, String> = [
+            ("AMQP__URL", amqp_url()),
+            ("AMQP__EXCHANGE", exchange.clone()),
+            ("AMQP__QUEUE", queue.clone()),
+            ("AMQP__EVENTS_EXCHANGE", events_exchange.clone()),
+            ("AMQP__RECONNECT_MIN_DELAY", "100ms".into()),
+            ("AMQP__RECONNECT_MAX_DELAY", "1s".into()),
+            ("JELOU__BASE_URL", mock.base_url()),
+            ("JELOU__PROJECT_ID", PROJECT.into()),
+            ("JELOU__API_KEY", API_KEY.into()),
+            ("RETRY__MIN_DELAY", "20ms".into()),
+            ("RETRY__MAX_DELAY", "200ms".into()),
+            ("RETRY__DELAYS", "1s,2s".into()),
+            ("STORE__URL", store_url),
+            ("STORE__LEASE", "2s".into()),
+            ("SHUTDOWN__GRACE", "10s".into()),
+            ("LOG__FORMAT", "json".into()),
+            ("LOG__LEVEL", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in settings {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let delays = env["RETRY__DELAYS"]
+            .split(',')
+            .map(|d| d.trim().to_string())
+            .collect();
+        Scenario {
+            name,
+            queue,
+            exchange,
+            events_exchange,
+            mock,
+            dir,
+            env: env
+                .into_iter()
+                .map(|(k, v)| (format!("JELOU_BRIDGE__{k}"), v))
+                .collect(),
+            delays,
+            _pg: pg,
+        }
+    }
+
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.queue)
+    }
+
+    pub fn delay_queue(&self, delay: &str) -> String {
+        format!("{}.delay.{delay}", self.queue)
+    }
+
+    /// Starts a bridge process of this scenario and waits until it is ready.
+    pub async fn start_bridge(&self) -> BridgeProcess {
+        let bridge = BridgeProcess::spawn(&self.env, self.dir.path());
+        bridge.wait_ready(Duration::from_secs(30)).await;
+        bridge
+    }
+}
+
+impl Drop for Scenario {
+    /// Deletes what the scenario declared on the broker, also when the test failed: a broker
+    /// restart recovers every quorum queue it holds, so leftovers slow the next one down.
+    fn drop(&mut self) {
+        let mut queues = vec![
+            self.queue.clone(),
+            self.dead_queue(),
+            format!("{}.observed", self.name),
+        ];
+        queues.extend(self.delays.iter().map(|d| self.delay_queue(d)));
+        let exchanges = [
+            self.exchange.clone(),
+            self.events_exchange.clone(),
+            format!("{}.dlx", self.queue),
+        ];
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let conn = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    Connection::connect(&amqp_url(), Default::default()),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                let ch = conn.create_channel().await.ok()?;
+                for q in queues {
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                for ex in exchanges {
+                    let _ = ch
+                        .exchange_delete(ex.as_str().into(), Default::default())
+                        .await;
+                }
+                conn.close(200, "done".into()).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// The real `jelou-bridge run` as a child process; stderr (its JSON logs) goes to a file.
+/// Dropping it kills the process.
+pub struct BridgeProcess {
+    child: Child,
+    pub http: String,
+    log: PathBuf,
+}
+
+impl BridgeProcess {
+    pub fn spawn(env: &[(String, String)], dir: &std::path::Path) -> BridgeProcess {
+        let port = free_port();
+        let log = dir.join(format!("bridge-{port}.log"));
+        let mut cmd = Command::new(bridge_bin());
+        cmd.arg("run")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        // Only what the scenario sets: no stray settings from the test's own environment.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("JELOU_BRIDGE") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().cloned())
+            .env("JELOU_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"));
+        let child = cmd.spawn().expect("the jelou-bridge binary starts");
+        BridgeProcess {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `GET /readyz`'s status, or None when nothing answers.
+    pub async fn readyz(&self) -> Option<u16> {
+        let client = reqwest::Client::new();
+        client
+            .get(format!("{}/readyz", self.http))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    /// Waits until `/readyz` answers `status`; fails the test if the process exits first.
+    pub async fn wait_readyz(&self, status: u16, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.readyz().await == Some(status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz did not answer {status} within {timeout:?}; log:\n{}",
+                self.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_ready(&self, timeout: Duration) {
+        self.wait_readyz(200, timeout).await
+    }
+
+    /// `kill -9`: no shutdown, no cleanup; the broker and the store see a crash.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {}", self.pid());
+    }
+
+    /// Waits for the process to exit; fails the test after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bridge did not exit within {timeout:?}; log:\n{}",
+                self.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The sum of a Prometheus counter over all its labels, from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            // The scenario's directory goes away with it: keep the log for the post-mortem.
+            let kept = std::env::temp_dir().join(format!(
+                "jb-faults-{}-{}",
+                std::process::id(),
+                self.log.file_name().unwrap().to_string_lossy()
+            ));
+            let _ = std::fs::copy(&self.log, &kept);
+            eprintln!(
+                "--- bridge at {}: full log in {}; its end: ---\n{}",
+                self.http,
+                kept.display(),
+                self.log_tail(15)
+            );
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The helpdesk's side: publishes ticket events with publisher confirms.
+pub struct Helpdesk {
+    conn: Connection,
+    channel: Channel,
+    exchange: String,
+}
+
+impl Helpdesk {
+    pub async fn connect(scenario: &Scenario) -> Helpdesk {
+        let conn = connect().await;
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        Helpdesk {
+            conn,
+            channel,
+            exchange: scenario.exchange.clone(),
+        }
+    }
+
+    /// Publishes `(routing key, body, message id)` in order, persistent, and waits for every
+    /// confirm.
+    pub async fn publish_all(
+        &self,
+        messages: impl IntoIterator<Item = (&'static str, Value, String)>,
+    ) {
+        let mut confirms = Vec::new();
+        for (key, body, message_id) in messages {
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(message_id.into());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    key.into(),
+                    Default::default(),
+                    body.to_string().as_bytes(),
+                    props,
+                )
+                .await
+                .unwrap();
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            assert!(
+                matches!(confirm.await.unwrap(), Confirmation::Ack(None)),
+                "the broker took the ticket event"
+            );
+        }
+    }
+
+    pub async fn close(self) {
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
+/// Publishes `ticket.opened` for `T-0 … T-<n-1>` at once and returns when at least `done` of
+/// them have a `conversation.started`: the bridge is then in the middle of a burst.
+pub async fn burst_under_way(scenario: &Scenario, observer: &Observer, n: usize, done: usize) {
+    let helpdesk = Helpdesk::connect(scenario).await;
+    helpdesk.publish_all((0..n).map(opened)).await;
+    helpdesk.close().await;
+    observer
+        .wait_for("the burst under way", Duration::from_secs(60), |t| {
+            t.count(n, |r| !r.started.is_empty()) >= done
+        })
+        .await;
+}
+
+/// `ticket.opened` for ticket `T-<i>` (each ticket its own Jelou user).
+pub fn opened(i: usize) -> (&'static str, Value, String) {
+    (
+        "ticket.opened",
+        json!({"ticketId": format!("T-{i}"), "userId": format!("U-{i}"), "botId": "BOT",
+               "initialMessage": "Hola"}),
+        format!("open-{i}"),
+    )
+}
+
+/// `ticket.resolved` for ticket `T-<i>`, naming only the ticket: the bridge must know the rest.
+pub fn resolved(i: usize) -> (&'static str, Value, String) {
+    (
+        "ticket.resolved",
+        json!({"ticketId": format!("T-{i}"), "closingMessage": "Resuelto"}),
+        format!("resolve-{i}"),
+    )
+}
+
+/// Everything the bridge publishes on the scenario's events exchange, read from a durable
+/// queue of the observer's own, with manual acks and reconnection: what was published before
+/// a broker restart is still read after it.
+pub struct Observer {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Stops the reader when the observer is dropped.
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Observer {
+    /// Binds its queue before returning, so nothing the bridge publishes later is missed.
+    pub async fn start(scenario: &Scenario) -> Observer {
+        let queue = format!("{}.observed", scenario.name);
+        let exchange = scenario.events_exchange.clone();
+        let first = observe(&exchange, &queue).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        tokio::spawn(read_forever(
+            first,
+            exchange,
+            queue,
+            seen.clone(),
+            stop.clone(),
+        ));
+        Observer {
+            seen,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn tally(&self) -> Tally {
+        Tally::of(&self.seen())
+    }
+
+    /// Waits until every ticket `T-0 … T-<n-1>` has a `conversation.started`, then checks
+    /// that each one's results name one conversation and that nothing failed.
+    pub async fn wait_all_started(&self, n: usize) -> Tally {
+        let tally = self
+            .wait_for("every ticket started", Duration::from_secs(90), |t| {
+                t.all_started(n)
+            })
+            .await;
+        tally.assert_one_conversation_each(n);
+        tally
+    }
+
+    /// Waits until `done` holds for the tally; fails the test after `timeout`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Tally) -> bool,
+    ) -> Tally {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let tally = self.tally();
+            if done(&tally) {
+                return tally;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?} ({} tickets with a result, {} failures: {:?}; \
+                 first tickets below the highest one seen without a result: {:?})",
+                tally.tickets.len(),
+                tally.failures().len(),
+                tally.failures().first(),
+                (0..tally.highest())
+                    .map(|i| format!("T-{i}"))
+                    .filter(|t| !tally.tickets.contains_key(t))
+                    .take(10)
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+type Reader = (Connection, lapin::Consumer);
+
+async fn observe(exchange: &str, queue: &str) -> lapin::Result<Reader> {
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(&amqp_url(), Default::default()),
+    )
+    .await
+    .map_err(|_| lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+    let ch = conn.create_channel().await?;
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let consumer = ch
+        .basic_consume(
+            queue.into(),
+            "observer".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, consumer))
+}
+
+async fn read_forever(
+    first: Reader,
+    exchange: String,
+    queue: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: CancellationToken,
+) {
+    let mut reader = Some(first);
+    while !stop.is_cancelled() {
+        let (conn, mut consumer) = match reader.take() {
+            Some(r) => r,
+            None => match observe(&exchange, &queue).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        loop {
+            let next = tokio::select! {
+                n = consumer.next() => n,
+                _ = stop.cancelled() => break,
+            };
+            let Some(Ok(delivery)) = next else { break };
+            seen.lock().unwrap().push(Seen {
+                routing_key: delivery.routing_key.as_str().to_string(),
+                body: serde_json::from_slice(&delivery.data).unwrap_or(Value::Null),
+                properties: delivery.properties.clone(),
+            });
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        let _ = conn.close(200, "observer done".into()).await;
+    }
+}
+
+/// What came out per ticket.
+#[derive(Debug, Default, Clone)]
+pub struct TicketResults {
+    /// `conversationId` of every `conversation.started` (repeats included).
+    pub started: Vec<String>,
+    /// `conversationId` of every `conversation.closed`.
+    pub closed: Vec<String>,
+    pub failed: Vec<Value>,
+}
+
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub tickets: HashMap<String, TicketResults>,
+}
+
+impl Tally {
+    pub fn of(seen: &[Seen]) -> Tally {
+        let mut tally = Tally::default();
+        for s in seen {
+            let r = tally.tickets.entry(s.ticket().to_string()).or_default();
+            let conversation = s.body["conversationId"].as_str().unwrap_or_default();
+            match s.routing_key.as_str() {
+                "conversation.started" => r.started.push(conversation.to_string()),
+                "conversation.closed" => r.closed.push(conversation.to_string()),
+                "ticket.failed" => r.failed.push(s.body.clone()),
+                _ => {}
+            }
+        }
+        tally
+    }
+
+    /// The highest `<i>` of a `T-<i>` with a result.
+    pub fn highest(&self) -> usize {
+        self.tickets
+            .keys()
+            .filter_map(|t| t.strip_prefix("T-")?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Tickets `T-0 … T-<n-1>` all started.
+    pub fn all_started(&self, n: usize) -> bool {
+        self.count(n, |r| !r.started.is_empty()) == n
+    }
+
+    /// Tickets `T-0 … T-<n-1>` all closed.
+    pub fn all_closed(&self, n: usize) -> bool {
+        self.count(n, |r| !r.closed.is_empty()) == n
+    }
+
+    pub fn count(&self, n: usize, pred: impl Fn(&TicketResults) -> bool) -> usize {
+        (0..n)
+            .filter(|i| self.tickets.get(&format!("T-{i}")).is_some_and(&pred))
+            .count()
+    }
+
+    pub fn failures(&self) -> Vec<Value> {
+        self.tickets
+            .values()
+            .flat_map(|r| r.failed.iter().cloned())
+            .collect()
+    }
+
+    /// Every ticket `T-0 … T-<n-1>` has results that all name one conversation, and nothing
+    /// failed.
+    pub fn assert_one_conversation_each(&self, n: usize) {
+        assert!(
+            self.failures().is_empty(),
+            "failures: {:#?}",
+            self.failures()
+        );
+        for i in 0..n {
+            let t = format!("T-{i}");
+            let r = self
+                .tickets
+                .get(&t)
+                .unwrap_or_else(|| panic!("{t} has no result"));
+            assert!(!r.started.is_empty(), "{t} has no conversation.started");
+            let mut ids: Vec<&String> = r.started.iter().chain(&r.closed).collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(
+                ids.len(),
+                1,
+                "{t}: results name several conversations: {r:?}"
+            );
+            assert!(!ids[0].is_empty(), "{t}: no conversation id: {r:?}");
+        }
+    }
+}
+
+/// Calls the stand-in answered, per ticket (`metadata.ticketId` of starts; the user of
+/// closes, `U-<i>` → `T-<i>`).
+pub fn calls_per_ticket(
+    mock: &MockJelou,
+    endpoint: Endpoint,
+) -> HashMap<String, Vec<RecordedCall>> {
+    let mut out: HashMap<String, Vec<RecordedCall>> = HashMap::new();
+    for call in mock.calls_to(endpoint) {
+        let ticket = match endpoint {
+            Endpoint::Start => call
+                .body
+                .pointer("/metadata/ticketId")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            Endpoint::Close => call.body["userId"]
+                .as_str()
+                .map(|u| u.replacen("U-", "T-", 1)),
+        };
+        if let Some(t) = ticket {
+            out.entry(t).or_default().push(call);
+        }
+    }
+    out
+}
+
+/// Jelou got exactly one start call for each of the tickets `T-0 … T-<n-1>`, and no other.
+pub fn assert_one_start_call_each(mock: &MockJelou, n: usize) {
+    let starts = calls_per_ticket(mock, Endpoint::Start);
+    let repeated: Vec<_> = starts.iter().filter(|(_, c)| c.len() != 1).collect();
+    assert!(repeated.is_empty(), "started more than once: {repeated:?}");
+    assert_eq!(starts.len(), n, "start calls for {} tickets", starts.len());
+}
+
+/// Each ticket `T-0 … T-<n-1>` was started once with success and then closed by exactly one
+/// close call, made after the start was answered. The stand-in answers a close only for a
+/// conversation it started, so its 200 also says the start came first.
+pub fn assert_one_close_call_each_after_its_start(mock: &MockJelou, n: usize) {
+    let starts = calls_per_ticket(mock, Endpoint::Start);
+    let closes = calls_per_ticket(mock, Endpoint::Close);
+    for i in 0..n {
+        let t = format!("T-{i}");
+        let started: Vec<_> = starts[&t].iter().filter(|c| c.status == 200).collect();
+        assert_eq!(started.len(), 1, "{t}: one successful start call");
+        let closed = closes
+            .get(&t)
+            .unwrap_or_else(|| panic!("{t}: no close call"));
+        assert_eq!(closed.len(), 1, "{t}: one close call");
+        assert_eq!(closed[0].status, 200, "{t}: the close was answered 200");
+        assert!(
+            closed[0].at >= started[0].at,
+            "{t}: closed before its start was answered"
+        );
+    }
+}
+
+/// Nothing in the scenario's dead-letter queue.
+pub async fn assert_nothing_dead_lettered(scenario: &Scenario) {
+    assert_eq!(
+        depth(&scenario.dead_queue()).await,
+        0,
+        "nothing dead-lettered"
+    );
+}
+
+/// Runs `rabbitmqctl` (through `sudo -n` when not root).
+pub fn rabbitmqctl(args: &[&str]) {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let mut cmd = if root {
+        Command::new("rabbitmqctl")
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", "rabbitmqctl"]);
+        c
+    };
+    let out = cmd.args(args).output().expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Ready messages in `queue`.
+pub async fn depth(queue: &str) -> u32 {
+    let conn = connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let n = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("queue {queue} exists: {e}"))
+        .message_count();
+    let _ = conn.close(200, "done".into()).await;
+    n
+}
+
+/// Waits until `queue` holds `n` ready messages; fails the test after `timeout`.
+pub async fn wait_depth(queue: &str, n: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = depth(queue).await;
+        if now == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{queue} holds {now} messages, not {n}, after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

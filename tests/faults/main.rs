@@ -1,0 +1,22 @@
+//! Fault scenarios: the real `jelou-bridge` binary as a child process, the real broker, a
+//! real HTTP stand-in for Jelou, and a fault caused on purpose (`kill -9`, a broker restart,
+//! Jelou down, SIGTERM, two processes on one store, duplicates, a poison message). Each checks
+//! the contract's delivery semantics: nothing lost, nothing started twice.
+//!
+//! One scenario restarts RabbitMQ, which would disturb any other test using the broker, so
+//! this binary runs alone and one test at a time: `scripts/test.sh` runs it after the parallel
+//! tests with `--test-threads=1`. By hand, next to other users of the broker, hold its lock
+//! exclusively: `flock -x /tmp/jb-broker.lock cargo test --test faults -- --test-threads=1`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod harness;
+
+mod broker_restart;
+mod duplicates;
+mod jelou_down;
+mod kill9;
+mod poison;
+mod sigterm;
+mod two_processes;
