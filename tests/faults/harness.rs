@@ -56,7 +56,7 @@ impl Scenario {
     /// `settings` are `(KEY, value)` pairs for `JELOU_BRIDGE__KEY`, over the scenario's
     /// defaults (short retries and reconnects, a 2 s lease, 10 s of shutdown grace).
     pub async fn new(store: StoreKind, latency: Duration, settings: &[(&str, &str)]) -> Scenario {
-        let name = unique("jbf");
+        let name = unique("jbt-fault");
         let dir = tempfile::tempdir().unwrap();
         let mock = MockJelou::start(
             "127.0.0.1:0".parse().unwrap(),
