@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the deployment files under deploy/ with what this machine has (docs/deploy.md says
+# Checks the deployment files under deploy/ with what this machine has (the README's "Deployment" says
 # which check covers which file). Run by scripts/test.sh after the integration tests; needs
 # the built binary (it builds it) and, for the RabbitMQ part, the local broker.
 #
@@ -150,9 +150,21 @@ check(any(e["name"] == "JELOU_BRIDGE__AMQP__REPLICA_INDEX" for e in c["env"]), "
 check(c["envFrom"][0]["secretRef"]["name"] == "jelou-bridge-secrets", "kubernetes: secrets from jelou-bridge-secrets")
 pdb = kinds["PodDisruptionBudget"]["spec"]
 check(pdb["selector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"], "kubernetes: PDB selects the pods")
+# The single-queue variant: a Deployment of interchangeable replicas.
+out = subprocess.run(["kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone", "deploy/kubernetes/single-queue"],
+                     check=True, capture_output=True, text=True).stdout
+kinds = {d["kind"]: d for d in yaml.safe_load_all(out) if d}
+check({"Deployment", "ConfigMap", "Service", "PodDisruptionBudget"} <= set(kinds), f"kubernetes/single-queue: kinds {sorted(kinds)}")
+dep = kinds["Deployment"]
+c = dep["spec"]["template"]["spec"]["containers"][0]
+check(c["livenessProbe"]["httpGet"]["path"] == "/healthz", "single-queue: liveness on /healthz")
+check(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "single-queue: readiness on /readyz")
+check(dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace, "single-queue: grace")
+check(kinds["ConfigMap"]["data"]["default.toml"] == open("config/default.toml").read(), "single-queue: ConfigMap carries config/default.toml")
+check(kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"], "single-queue: PDB selects the pods")
 print("lint: Dockerfile, docker-compose.yml, kubernetes/, systemd timeouts OK", file=sys.stderr)
 PY
-say "docker, kubernetes: linted (no Docker engine or cluster here; see docs/deploy.md)"
+say "docker, kubernetes: linted (no Docker engine or cluster here; see the README, "Deployment")"
 if docker compose version >/dev/null 2>&1; then
   docker compose -f deploy/docker-compose.yml config -q || fail "docker compose config"
   say "docker compose config: OK"
