@@ -15,9 +15,11 @@ use sqlx::{AnyPool, Executor, FromRow, Row};
 
 use crate::config::StoreSettings;
 
+mod batch;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("ticket store: {0}")]
 pub struct StoreError(String);
 
@@ -157,6 +159,9 @@ pub struct Store {
     /// This process, as the `owner` of the tickets it works on.
     instance: String,
     lease: Duration,
+    /// Gathers the per-ticket claim and finish writes of concurrent deliveries into one
+    /// statement each (see [`batch`]).
+    writes: batch::Batcher,
 }
 
 impl Store {
@@ -171,6 +176,9 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // An embedded SQLite connection cannot go stale, and checking it costs a round
+            // trip to its worker thread before every statement.
+            .test_before_acquire(!sqlite)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if sqlite {
@@ -188,10 +196,16 @@ impl Store {
             pool.execute("PRAGMA journal_mode = WAL").await?;
         }
         MIGRATOR.run(&pool).await?;
+        let writes = batch::Batcher::start(
+            pool.clone(),
+            instance.clone(),
+            settings.lease.as_millis() as i64,
+        );
         Ok(Store {
             pool,
             instance,
             lease: settings.lease,
+            writes,
         })
     }
 
@@ -263,26 +277,9 @@ impl Store {
         bot_id: &str,
         user_id: &str,
     ) -> Result<StartClaim, StoreError> {
-        let now = now_ms();
-        let claimed = sqlx::query(
-            "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, attempts, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'starting', $4, $5, 1, $6, $6) \
-             ON CONFLICT (ticket_id) DO UPDATE SET state = 'starting', bot_id = excluded.bot_id, \
-                 user_id = excluded.user_id, owner = excluded.owner, lease_until = excluded.lease_until, \
-                 attempts = tickets.attempts + 1, updated_at = excluded.updated_at \
-             WHERE tickets.state = 'failed' OR (tickets.state = 'starting' AND (tickets.owner IS NULL \
-                 OR tickets.owner = excluded.owner OR tickets.lease_until < excluded.updated_at)) \
-             RETURNING ticket_id",
-        )
-        .bind(ticket_id)
-        .bind(bot_id)
-        .bind(user_id)
-        .bind(&self.instance)
-        .bind(now + self.lease_ms())
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        if claimed.is_some() {
+        // Insert, or take over a row that failed for good or whose holder let go or died;
+        // the statement is in `batch` (shared with concurrent claims).
+        if self.writes.claim(ticket_id, bot_id, user_id).await? {
             return Ok(StartClaim::Claimed);
         }
         let record = self
@@ -302,15 +299,10 @@ impl Store {
         ticket_id: &str,
         conversation_id: &str,
     ) -> Result<TicketRecord, StoreError> {
-        sqlx::query(
-            "UPDATE tickets SET state = 'active', conversation_id = $2, owner = NULL, lease_until = NULL, \
-             last_error = NULL, updated_at = $3 WHERE ticket_id = $1 AND state = 'starting'",
-        )
-        .bind(ticket_id)
-        .bind(conversation_id)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        // Only a row still `starting` is updated (the statement is in `batch`).
+        if let Some(record) = self.writes.finish(ticket_id, conversation_id).await? {
+            return Ok(record);
+        }
         self.get(ticket_id)
             .await?
             .ok_or_else(|| StoreError(format!("ticket {ticket_id} vanished after its start")))

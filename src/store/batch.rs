@@ -1,0 +1,227 @@
+//! Group commit for the two writes every ticket makes. Concurrent `claim_start` calls are
+//! gathered and sent to the database as one multi-row statement, and so are concurrent
+//! `finish_start` calls: a busy bridge pays one round trip (and one commit) per batch
+//! instead of one per ticket. Each row is still decided alone by the statement's conditions,
+//! exactly as the single-row statement decided it: batching changes the cost, not the answer.
+//!
+//! One task owns the batching. It takes what callers queued while the previous batch ran
+//! (so an idle bridge sends batches of one, without waiting) and answers each caller on
+//! its own channel.
+
+use std::collections::{HashSet, VecDeque};
+
+use sqlx::AnyPool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{now_ms, StoreError, TicketRecord, COLUMNS};
+
+/// Most rows in one statement. It also bounds how many distinct statements (one per batch
+/// size) the driver keeps prepared.
+const MAX_BATCH: usize = 32;
+
+struct Claim {
+    ticket_id: String,
+    bot_id: String,
+    user_id: String,
+    /// True when the row was taken.
+    done: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+struct Finish {
+    ticket_id: String,
+    conversation_id: String,
+    /// The row after the update, or None when it was not `starting` any more.
+    done: oneshot::Sender<Result<Option<TicketRecord>, StoreError>>,
+}
+
+enum Write {
+    Claim(Claim),
+    Finish(Finish),
+}
+
+/// The callers' side; clones share the one batching task, which ends when the last is
+/// dropped.
+#[derive(Clone)]
+pub(super) struct Batcher {
+    tx: mpsc::UnboundedSender<Write>,
+}
+
+impl Batcher {
+    pub(super) fn start(pool: AnyPool, instance: String, lease_ms: i64) -> Batcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, instance, lease_ms, rx));
+        Batcher { tx }
+    }
+
+    /// The `claim_start` insert-or-take of one ticket; true when this process took it.
+    pub(super) async fn claim(
+        &self,
+        ticket_id: &str,
+        bot_id: &str,
+        user_id: &str,
+    ) -> Result<bool, StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.send(Write::Claim(Claim {
+            ticket_id: ticket_id.to_string(),
+            bot_id: bot_id.to_string(),
+            user_id: user_id.to_string(),
+            done,
+        }))?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The `finish_start` update of one ticket; the row after it, if it was `starting`.
+    pub(super) async fn finish(
+        &self,
+        ticket_id: &str,
+        conversation_id: &str,
+    ) -> Result<Option<TicketRecord>, StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.send(Write::Finish(Finish {
+            ticket_id: ticket_id.to_string(),
+            conversation_id: conversation_id.to_string(),
+            done,
+        }))?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    fn send(&self, write: Write) -> Result<(), StoreError> {
+        self.tx.send(write).map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError("the store's writer stopped".into())
+}
+
+async fn run(
+    pool: AnyPool,
+    instance: String,
+    lease_ms: i64,
+    mut rx: mpsc::UnboundedReceiver<Write>,
+) {
+    let mut queued: VecDeque<Write> = VecDeque::new();
+    loop {
+        if queued.is_empty() {
+            match rx.recv().await {
+                Some(w) => queued.push_back(w),
+                None => return,
+            }
+        }
+        while let Ok(w) = rx.try_recv() {
+            queued.push_back(w);
+        }
+        // One row per ticket in a statement (a second write of the same ticket waits for the
+        // next round, after the first is done).
+        let (mut claims, mut finishes) = (Vec::new(), Vec::new());
+        let (mut claimed_ids, mut finished_ids) = (HashSet::new(), HashSet::new());
+        let mut later = VecDeque::new();
+        for w in queued.drain(..) {
+            match w {
+                Write::Claim(c)
+                    if claims.len() < MAX_BATCH && claimed_ids.insert(c.ticket_id.clone()) =>
+                {
+                    claims.push(c)
+                }
+                Write::Finish(f)
+                    if finishes.len() < MAX_BATCH && finished_ids.insert(f.ticket_id.clone()) =>
+                {
+                    finishes.push(f)
+                }
+                other => later.push_back(other),
+            }
+        }
+        queued = later;
+        if !claims.is_empty() {
+            claim_batch(&pool, &instance, lease_ms, claims).await;
+        }
+        if !finishes.is_empty() {
+            finish_batch(&pool, finishes).await;
+        }
+    }
+}
+
+/// `claim_start`'s statement for many tickets: insert, or take over a row that failed for
+/// good or whose holder let go or died; the returned ids are the ones taken.
+async fn claim_batch(pool: &AnyPool, instance: &str, lease_ms: i64, claims: Vec<Claim>) {
+    let rows: Vec<String> = (0..claims.len())
+        .map(|i| {
+            let p = 4 + 3 * i;
+            format!(
+                "(${p}, ${}, ${}, 'starting', $1, $2, 1, $3, $3)",
+                p + 1,
+                p + 2
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, attempts, created_at, updated_at) \
+         VALUES {} \
+         ON CONFLICT (ticket_id) DO UPDATE SET state = 'starting', bot_id = excluded.bot_id, \
+             user_id = excluded.user_id, owner = excluded.owner, lease_until = excluded.lease_until, \
+             attempts = tickets.attempts + 1, updated_at = excluded.updated_at \
+         WHERE tickets.state = 'failed' OR (tickets.state = 'starting' AND (tickets.owner IS NULL \
+             OR tickets.owner = excluded.owner OR tickets.lease_until < excluded.updated_at)) \
+         RETURNING ticket_id",
+        rows.join(", ")
+    );
+    let now = now_ms();
+    let mut query = sqlx::query_scalar::<_, String>(&sql)
+        .bind(instance)
+        .bind(now + lease_ms)
+        .bind(now);
+    for c in &claims {
+        query = query.bind(&c.ticket_id).bind(&c.bot_id).bind(&c.user_id);
+    }
+    match query.fetch_all(pool).await {
+        Ok(taken) => {
+            let taken: HashSet<String> = taken.into_iter().collect();
+            for c in claims {
+                let _ = c.done.send(Ok(taken.contains(&c.ticket_id)));
+            }
+        }
+        Err(e) => fail_all(claims.into_iter().map(|c| c.done), e),
+    }
+}
+
+/// `finish_start`'s statement for many tickets: record each conversation on a row still
+/// `starting`; rows another process finished first are left alone (and not returned).
+async fn finish_batch(pool: &AnyPool, finishes: Vec<Finish>) {
+    let rows: Vec<String> = (0..finishes.len())
+        .map(|i| format!("(${}, ${})", 2 + 2 * i, 3 + 2 * i))
+        .collect();
+    let sql = format!(
+        "UPDATE tickets SET state = 'active', conversation_id = v.column2, owner = NULL, \
+         lease_until = NULL, last_error = NULL, updated_at = $1 \
+         FROM (VALUES {}) AS v WHERE tickets.ticket_id = v.column1 AND tickets.state = 'starting' \
+         RETURNING {COLUMNS}",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query_as::<_, TicketRecord>(&sql).bind(now_ms());
+    for f in &finishes {
+        query = query.bind(&f.ticket_id).bind(&f.conversation_id);
+    }
+    match query.fetch_all(pool).await {
+        Ok(records) => {
+            let mut by_id: std::collections::HashMap<String, TicketRecord> = records
+                .into_iter()
+                .map(|r| (r.ticket_id.clone(), r))
+                .collect();
+            for f in finishes {
+                let _ = f.done.send(Ok(by_id.remove(&f.ticket_id)));
+            }
+        }
+        Err(e) => fail_all(finishes.into_iter().map(|f| f.done), e),
+    }
+}
+
+/// The statement failed: every caller in the batch gets its error, as each would have alone.
+fn fail_all<T>(
+    callers: impl Iterator<Item = oneshot::Sender<Result<T, StoreError>>>,
+    e: sqlx::Error,
+) {
+    let e = StoreError::from(e);
+    for done in callers {
+        let _ = done.send(Err(e.clone()));
+    }
+}
