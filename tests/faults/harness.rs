@@ -583,9 +583,14 @@ async fn read_forever(
                 }
             },
         };
+        let mut alive = tokio::time::interval(Duration::from_secs(1));
         loop {
             let next = tokio::select! {
                 n = consumer.next() => n,
+                _ = alive.tick() => {
+                    if conn.status().connected() { continue; }
+                    break;
+                }
                 _ = stop.cancelled() => break,
             };
             let Some(Ok(delivery)) = next else { break };
@@ -594,9 +599,21 @@ async fn read_forever(
                 body: serde_json::from_slice(&delivery.data).unwrap_or(Value::Null),
                 properties: delivery.properties.clone(),
             });
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            // lapin can leave an ack pending for ever when the connection dies under it (the
+            // bridge bounds its acks for the same reason): bound the observer's too.
+            let ack = delivery.acker.ack(BasicAckOptions::default());
+            if tokio::time::timeout(Duration::from_secs(5), ack)
+                .await
+                .is_err()
+            {
+                break;
+            }
         }
-        let _ = conn.close(200, "observer done".into()).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.close(200, "observer done".into()),
+        )
+        .await;
     }
 }
 
