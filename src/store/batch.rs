@@ -6,11 +6,14 @@
 //!
 //! One task owns the batching. It takes what callers queued while the previous batch ran
 //! (so an idle bridge sends batches of one, without waiting) and answers each caller on
-//! its own channel.
+//! its own channel. It keeps one connection for its batches, so that no pool hand-off is
+//! paid per batch and, on SQLite, the connection's page cache is not thrown away because
+//! another connection wrote in between.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
-use sqlx::AnyPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{now_ms, StoreError, TicketRecord, COLUMNS};
@@ -37,6 +40,8 @@ struct Finish {
 enum Write {
     Claim(Claim),
     Finish(Finish),
+    /// The store is closing: give the connection back and take no other.
+    Close(oneshot::Sender<()>),
 }
 
 /// The callers' side; clones share the one batching task, which ends when the last is
@@ -85,6 +90,15 @@ impl Batcher {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Gives the batches' connection back to the pool, which waits for it when closing;
+    /// later writes fail as the closed pool's statements do.
+    pub(super) async fn close(&self) {
+        let (done, answer) = oneshot::channel();
+        if self.tx.send(Write::Close(done)).is_ok() {
+            let _ = answer.await;
+        }
+    }
+
     fn send(&self, write: Write) -> Result<(), StoreError> {
         self.tx.send(write).map_err(|_| stopped())
     }
@@ -94,12 +108,52 @@ fn stopped() -> StoreError {
     StoreError("the store's writer stopped".into())
 }
 
+/// The batches' connection, taken from the pool on first use and given back (closed) after
+/// an error, so that a broken one is replaced.
+struct Writer {
+    pool: AnyPool,
+    conn: Option<PoolConnection<Any>>,
+    closed: bool,
+}
+
+impl Writer {
+    async fn conn(&mut self) -> Result<&mut PoolConnection<Any>, sqlx::Error> {
+        if self.closed {
+            return Err(sqlx::Error::PoolClosed);
+        }
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.acquire().await?);
+        }
+        Ok(self.conn.as_mut().expect("just set"))
+    }
+
+    /// After a statement: a connection that failed other than by the database's answer
+    /// (a deadlock, say) is closed, and the next batch takes a fresh one.
+    fn check<T>(&mut self, result: &Result<T, sqlx::Error>) {
+        if matches!(result, Err(e) if !matches!(e, sqlx::Error::Database(_))) {
+            if let Some(mut conn) = self.conn.take() {
+                conn.close_on_drop();
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        self.conn = None;
+    }
+}
+
 async fn run(
     pool: AnyPool,
     instance: String,
     lease_ms: i64,
     mut rx: mpsc::UnboundedReceiver<Write>,
 ) {
+    let mut writer = Writer {
+        pool,
+        conn: None,
+        closed: false,
+    };
     let mut queued: VecDeque<Write> = VecDeque::new();
     loop {
         if queued.is_empty() {
@@ -116,8 +170,10 @@ async fn run(
         let (mut claims, mut finishes) = (Vec::new(), Vec::new());
         let (mut claimed_ids, mut finished_ids) = (HashSet::new(), HashSet::new());
         let mut later = VecDeque::new();
+        let mut closing = Vec::new();
         for w in queued.drain(..) {
             match w {
+                Write::Close(done) => closing.push(done),
                 Write::Claim(c)
                     if claims.len() < MAX_BATCH && claimed_ids.insert(c.ticket_id.clone()) =>
                 {
@@ -133,17 +189,56 @@ async fn run(
         }
         queued = later;
         if !claims.is_empty() {
-            claim_batch(&pool, &instance, lease_ms, claims).await;
+            claim_batch(&mut writer, &instance, lease_ms, claims).await;
         }
         if !finishes.is_empty() {
-            finish_batch(&pool, finishes).await;
+            finish_batch(&mut writer, finishes).await;
         }
+        if !closing.is_empty() {
+            writer.close();
+            for done in closing {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Claims a batch: one statement for all, rows in ticket order so that two processes
+/// claiming the same tickets lock them in the same order. Should PostgreSQL still report a
+/// deadlock, the rows go one statement each, as they did before batching.
+async fn claim_batch(writer: &mut Writer, instance: &str, lease_ms: i64, mut claims: Vec<Claim>) {
+    claims.sort_by(|a, b| a.ticket_id.cmp(&b.ticket_id));
+    match claim_rows(writer, instance, lease_ms, &claims).await {
+        Err(e) if deadlocked(&e) && claims.len() > 1 => {
+            for claim in claims {
+                let taken =
+                    claim_rows(writer, instance, lease_ms, std::slice::from_ref(&claim)).await;
+                answer_claims(vec![claim], taken);
+            }
+        }
+        taken => answer_claims(claims, taken),
+    }
+}
+
+fn answer_claims(claims: Vec<Claim>, taken: Result<HashSet<String>, sqlx::Error>) {
+    match taken {
+        Ok(taken) => {
+            for c in claims {
+                let _ = c.done.send(Ok(taken.contains(&c.ticket_id)));
+            }
+        }
+        Err(e) => fail_all(claims.into_iter().map(|c| c.done), e),
     }
 }
 
 /// `claim_start`'s statement for many tickets: insert, or take over a row that failed for
 /// good or whose holder let go or died; the returned ids are the ones taken.
-async fn claim_batch(pool: &AnyPool, instance: &str, lease_ms: i64, claims: Vec<Claim>) {
+async fn claim_rows(
+    writer: &mut Writer,
+    instance: &str,
+    lease_ms: i64,
+    claims: &[Claim],
+) -> Result<HashSet<String>, sqlx::Error> {
     let rows: Vec<String> = (0..claims.len())
         .map(|i| {
             let p = 4 + 3 * i;
@@ -170,23 +265,50 @@ async fn claim_batch(pool: &AnyPool, instance: &str, lease_ms: i64, claims: Vec<
         .bind(instance)
         .bind(now + lease_ms)
         .bind(now);
-    for c in &claims {
+    for c in claims {
         query = query.bind(&c.ticket_id).bind(&c.bot_id).bind(&c.user_id);
     }
-    match query.fetch_all(pool).await {
-        Ok(taken) => {
-            let taken: HashSet<String> = taken.into_iter().collect();
-            for c in claims {
-                let _ = c.done.send(Ok(taken.contains(&c.ticket_id)));
+    let conn = writer.conn().await?;
+    let taken = query.fetch_all(&mut **conn).await;
+    writer.check(&taken);
+    Ok(taken?.into_iter().collect())
+}
+
+/// Finishes a batch: one statement, rows in ticket order, one by one after a deadlock (see
+/// [`claim_batch`]).
+async fn finish_batch(writer: &mut Writer, mut finishes: Vec<Finish>) {
+    finishes.sort_by(|a, b| a.ticket_id.cmp(&b.ticket_id));
+    match finish_rows(writer, &finishes).await {
+        Err(e) if deadlocked(&e) && finishes.len() > 1 => {
+            for finish in finishes {
+                let rows = finish_rows(writer, std::slice::from_ref(&finish)).await;
+                answer_finishes(vec![finish], rows);
             }
         }
-        Err(e) => fail_all(claims.into_iter().map(|c| c.done), e),
+        rows => answer_finishes(finishes, rows),
+    }
+}
+
+fn answer_finishes(
+    finishes: Vec<Finish>,
+    rows: Result<HashMap<String, TicketRecord>, sqlx::Error>,
+) {
+    match rows {
+        Ok(mut by_id) => {
+            for f in finishes {
+                let _ = f.done.send(Ok(by_id.remove(&f.ticket_id)));
+            }
+        }
+        Err(e) => fail_all(finishes.into_iter().map(|f| f.done), e),
     }
 }
 
 /// `finish_start`'s statement for many tickets: record each conversation on a row still
 /// `starting`; rows another process finished first are left alone (and not returned).
-async fn finish_batch(pool: &AnyPool, finishes: Vec<Finish>) {
+async fn finish_rows(
+    writer: &mut Writer,
+    finishes: &[Finish],
+) -> Result<HashMap<String, TicketRecord>, sqlx::Error> {
     let rows: Vec<String> = (0..finishes.len())
         .map(|i| format!("(${}, ${})", 2 + 2 * i, 3 + 2 * i))
         .collect();
@@ -198,21 +320,21 @@ async fn finish_batch(pool: &AnyPool, finishes: Vec<Finish>) {
         rows.join(", ")
     );
     let mut query = sqlx::query_as::<_, TicketRecord>(&sql).bind(now_ms());
-    for f in &finishes {
+    for f in finishes {
         query = query.bind(&f.ticket_id).bind(&f.conversation_id);
     }
-    match query.fetch_all(pool).await {
-        Ok(records) => {
-            let mut by_id: std::collections::HashMap<String, TicketRecord> = records
-                .into_iter()
-                .map(|r| (r.ticket_id.clone(), r))
-                .collect();
-            for f in finishes {
-                let _ = f.done.send(Ok(by_id.remove(&f.ticket_id)));
-            }
-        }
-        Err(e) => fail_all(finishes.into_iter().map(|f| f.done), e),
-    }
+    let conn = writer.conn().await?;
+    let records = query.fetch_all(&mut **conn).await;
+    writer.check(&records);
+    Ok(records?
+        .into_iter()
+        .map(|r| (r.ticket_id.clone(), r))
+        .collect())
+}
+
+/// PostgreSQL broke a lock cycle by failing this statement.
+fn deadlocked(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }
 
 /// The statement failed: every caller in the batch gets its error, as each would have alone.
