@@ -49,12 +49,13 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    pub fn from_delivery(delivery: &Delivery, source_queue: &str) -> Inbound {
+    /// Takes the body out of the delivery (only its acker is needed afterwards).
+    pub fn from_delivery(delivery: &mut Delivery, source_queue: &str) -> Inbound {
         let h = delivery.properties.headers().as_ref();
         Inbound {
             routing_key: header_str(h, headers::ORIGINAL_ROUTING_KEY)
                 .unwrap_or_else(|| delivery.routing_key.as_str().to_string()),
-            body: delivery.data.clone(),
+            body: std::mem::take(&mut delivery.data),
             properties: delivery.properties.clone(),
             source_queue: source_queue.to_string(),
             parked: header_i64(h, headers::PARKED).unwrap_or(0),

@@ -173,7 +173,8 @@ fn dispatch(
     queue: &str,
     delivery: lapin::message::Delivery,
 ) {
-    let msg = Inbound::from_delivery(&delivery, queue);
+    let mut delivery = delivery;
+    let msg = Inbound::from_delivery(&mut delivery, queue);
     let event = ticket::decode(
         &msg.routing_key,
         &msg.body,

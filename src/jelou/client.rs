@@ -161,10 +161,10 @@ impl JelouClient {
         if !(200..300).contains(&status) {
             return Err(JelouError::from_status(status, &headers, &raw));
         }
-        let parsed: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        let mut parsed: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         let data = parsed
-            .get("data")
-            .cloned()
+            .get_mut("data")
+            .map(Value::take)
             .unwrap_or_else(|| Value::Object(Default::default()));
         Ok((status, data, raw))
     }
