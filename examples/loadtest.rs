@@ -63,7 +63,8 @@ struct Args {
     /// Matrix only: multiply every case's backlog by this (0.1 for a quick look).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
-    /// Messages for the broker-limit run (measured once per prefetch).
+    /// Messages for the broker-limit run (measured once per prefetch, and once per prefetch
+    /// and latency for cases with a Jelou latency).
     #[arg(long, default_value_t = 20_000)]
     limit_tickets: usize,
     /// Skip the broker-limit run.
@@ -186,37 +187,29 @@ async fn main() -> anyhow::Result<()> {
             tickets: args.tickets,
         }]
     };
-    let mut limits: BTreeMap<u16, Limit> = BTreeMap::new();
+    let mut limits: BTreeMap<(u16, u64), Limit> = BTreeMap::new();
     let mut reports = Vec::new();
     for case in &cases {
-        let limit = if args.no_limit {
-            None
-        } else if let Some(l) = limits.get(&case.prefetch) {
-            Some(*l)
+        let (limit, limit_at_latency) = if args.no_limit {
+            (None, None)
         } else {
-            eprintln!(
-                "[limit p{}] broker-only consumer over {} messages…",
-                case.prefetch, args.limit_tickets
-            );
-            let l = limit::measure(
-                &args.amqp_url,
-                &unique("lt-limit"),
-                case.prefetch,
-                args.limit_tickets,
-                Duration::from_secs(args.stall_secs),
-            )
-            .await
-            .context("broker-limit run")?;
-            eprintln!(
-                "[limit p{}] {:.0} msg/s ({:.0} µs CPU/msg in the consumer's process)",
-                case.prefetch, l.per_second, l.cpu_us_per_message
-            );
-            limits.insert(case.prefetch, l);
-            Some(l)
+            let at_latency = if case.latency_ms > 0 {
+                // Long enough to be steady, short enough at prefetch ÷ latency a second.
+                let n = args.limit_tickets.min(case.tickets.max(1_000));
+                Some(broker_limit(&args, &mut limits, case.prefetch, case.latency_ms, n).await?)
+            } else {
+                None
+            };
+            let l = broker_limit(&args, &mut limits, case.prefetch, 0, args.limit_tickets).await?;
+            (Some(l), at_latency)
         };
-        let report = run_case(&args, &bin, case, limit)
+        let mut report = run_case(&args, &bin, case, limit)
             .await
             .with_context(|| format!("case {}", case.name()))?;
+        if let Some(l) = limit_at_latency.filter(|l| l.per_second > 0.0) {
+            report.limit_at_latency_per_s = Some(l.per_second);
+            report.ratio_to_limit_at_latency = Some(report.throughput_per_s / l.per_second);
+        }
         println!("{}", report.summary());
         reports.push(report);
         if let Some(path) = &args.json {
@@ -232,10 +225,41 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The broker-only consumer's rate at this prefetch and latency, measured once per run.
+async fn broker_limit(
+    args: &Args,
+    limits: &mut BTreeMap<(u16, u64), Limit>,
+    prefetch: u16,
+    latency_ms: u64,
+    n: usize,
+) -> anyhow::Result<Limit> {
+    if let Some(l) = limits.get(&(prefetch, latency_ms)) {
+        return Ok(*l);
+    }
+    let label = format!("[limit p{prefetch} {latency_ms}ms]");
+    eprintln!("{label} broker-only consumer over {n} messages…");
+    let l = limit::measure(
+        &args.amqp_url,
+        &unique("lt-limit"),
+        prefetch,
+        Duration::from_millis(latency_ms),
+        n,
+        Duration::from_secs(args.stall_secs),
+    )
+    .await
+    .context("broker-limit run")?;
+    eprintln!(
+        "{label} {:.0} msg/s ({:.0} µs CPU/msg in the consumer's process)",
+        l.per_second, l.cpu_us_per_message
+    );
+    limits.insert((prefetch, latency_ms), l);
+    Ok(l)
+}
+
 fn write_json(
     path: &Path,
     reports: &[CaseReport],
-    limits: &BTreeMap<u16, Limit>,
+    limits: &BTreeMap<(u16, u64), Limit>,
 ) -> anyhow::Result<()> {
     let git_commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -415,6 +439,8 @@ impl Bench<'_> {
             throughput_per_s: backlog.throughput,
             limit_per_s: None,
             ratio_to_limit: None,
+            limit_at_latency_per_s: None,
+            ratio_to_limit_at_latency: None,
             ideal_per_s: ideal,
             ratio_to_ideal: ideal.map(|i| backlog.throughput / i),
             paced_rate_per_s: paced.as_ref().map(|p| p.rate),

@@ -17,6 +17,8 @@ use crate::bus;
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Limit {
     pub prefetch: u16,
+    /// Wait before each publish, standing in for Jelou's answer time (0: none).
+    pub latency_ms: u64,
     pub messages: usize,
     pub per_second: f64,
     /// CPU of this whole process (the minimal consumer and the observer) per message: a floor
@@ -39,6 +41,7 @@ pub async fn measure(
     amqp_url: &str,
     prefix: &str,
     prefetch: u16,
+    latency: Duration,
     n: usize,
     stall: Duration,
 ) -> anyhow::Result<Limit> {
@@ -76,6 +79,9 @@ pub async fn measure(
                 let body = body.clone();
                 let events = events.clone();
                 tokio::spawn(async move {
+                    if !latency.is_zero() {
+                        tokio::time::sleep(latency).await;
+                    }
                     let props = BasicProperties::default()
                         .with_content_type("application/json".into())
                         .with_delivery_mode(2);
@@ -103,6 +109,7 @@ pub async fn measure(
         let _ = conn.close(200, "done".into()).await;
         Ok::<_, anyhow::Error>(Limit {
             prefetch,
+            latency_ms: latency.as_millis() as u64,
             messages: n,
             per_second: rate(n, first, last),
             cpu_us_per_message: (cpu1 - cpu0) * 1e6 / n.saturating_sub(1).max(1) as f64,

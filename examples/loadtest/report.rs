@@ -17,6 +17,10 @@ pub struct CaseReport {
     /// The broker-only consumer on the same queue type and prefetch (see `limit`).
     pub limit_per_s: Option<f64>,
     pub ratio_to_limit: Option<f64>,
+    /// The same broker-only consumer waiting the Jelou latency (a timer) before it
+    /// publishes: what this broker allows at that latency and prefetch.
+    pub limit_at_latency_per_s: Option<f64>,
+    pub ratio_to_limit_at_latency: Option<f64>,
     /// prefetch ÷ Jelou latency: what the concurrency bound allows when Jelou is slow.
     pub ideal_per_s: Option<f64>,
     pub ratio_to_ideal: Option<f64>,
@@ -58,6 +62,13 @@ impl CaseReport {
         if let (Some(i), Some(r)) = (self.ideal_per_s, self.ratio_to_ideal) {
             let _ = write!(s, " ideal={i:.0}/s of_ideal={:.0}%", r * 100.0);
         }
+        if let (Some(l), Some(r)) = (self.limit_at_latency_per_s, self.ratio_to_limit_at_latency) {
+            let _ = write!(
+                s,
+                " limit@latency={l:.0}/s of_limit@latency={:.0}%",
+                r * 100.0
+            );
+        }
         match (
             self.latency_p50_ms,
             self.latency_p99_ms,
@@ -93,7 +104,7 @@ impl CaseReport {
         let pct = |r: Option<f64>| r.map_or("–".into(), |r| format!("{:.0} %", r * 100.0));
         let ms = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
         format!(
-            "| {} | {} ms | {} | {} | {:.0} | {} | {} | {} | {} / {} | {:.0} | {:.1} |",
+            "| {} | {} ms | {} | {} | {:.0} | {} | {} | {} | {} | {} / {} | {:.0} | {:.1} |",
             self.store.as_str(),
             self.jelou_latency_ms,
             self.prefetch,
@@ -102,6 +113,7 @@ impl CaseReport {
             self.limit_per_s.map_or("–".into(), |l| format!("{l:.0}")),
             pct(self.ratio_to_limit),
             pct(self.ratio_to_ideal),
+            pct(self.ratio_to_limit_at_latency),
             ms(self.latency_p50_ms),
             ms(self.latency_p99_ms),
             self.cpu_us_per_ticket,
@@ -110,7 +122,7 @@ impl CaseReport {
     }
 }
 
-pub const TABLE_HEADER: &str = "| store | Jelou latency | prefetch | backlog | tickets/s | broker limit/s | of limit | of ideal | p50 / p99 ms (paced) | CPU µs/ticket | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|";
+pub const TABLE_HEADER: &str = "| store | Jelou latency | prefetch | backlog | tickets/s | broker limit/s | of limit | of ideal | of limit at that latency | p50 / p99 ms (paced) | CPU µs/ticket | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
