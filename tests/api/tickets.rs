@@ -101,7 +101,13 @@ async fn correlation_falls_back_to_message_id_and_reply_to_gets_the_outcome() {
         seen.properties.correlation_id().as_ref().unwrap().as_str(),
         "msg-77"
     );
-    let replies = app.bus.drain_queue(reply.name().as_str()).await;
+    // The reply goes out beside the main publish: poll for it.
+    let mut replies = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while replies.is_empty() && std::time::Instant::now() < deadline {
+        replies = app.bus.drain_queue(reply.name().as_str()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(replies.len(), 1);
     assert_eq!(
         replies[0].body["conversationId"],
