@@ -263,25 +263,9 @@ impl Bridge {
                     &req.user_id,
                 ))
             }
-            Err(JelouError::Shutdown) => {
-                self.release(&t.ticket_id, None).await;
-                Decision::Requeue
-            }
-            Err(e) if e.is_retryable() => {
-                self.release(&t.ticket_id, Some(&e.to_string())).await;
-                park(
-                    "start",
-                    e.to_string(),
-                    e.http_status(),
-                    attempts,
-                    e.retry_after(),
-                )
-            }
             Err(e) => {
-                if let Err(se) = self.store.fail_start(&t.ticket_id, &e.to_string()).await {
-                    warn!(error = %se, "could not record the failed start");
-                }
-                rejected("start", &t.ticket_id, &e, attempts)
+                self.unsuccessful(Endpoint::Start, &t.ticket_id, e, attempts)
+                    .await
             }
         }
     }
@@ -412,27 +396,40 @@ impl Bridge {
                     ended.as_deref(),
                 ))
             }
-            Err(JelouError::Shutdown) => {
-                self.release(&t.ticket_id, None).await;
-                Decision::Requeue
-            }
-            Err(e) if e.is_retryable() => {
-                self.release(&t.ticket_id, Some(&e.to_string())).await;
-                park(
-                    "close",
-                    e.to_string(),
-                    e.http_status(),
-                    attempts,
-                    e.retry_after(),
-                )
-            }
             Err(e) => {
-                if let Err(se) = self.store.fail_close(&t.ticket_id, &e.to_string()).await {
-                    warn!(error = %se, "could not record the failed close");
-                }
-                rejected("close", &t.ticket_id, &e, attempts)
+                self.unsuccessful(Endpoint::Close, &t.ticket_id, e, attempts)
+                    .await
             }
         }
+    }
+
+    /// A Jelou call that did not succeed: back to the queue when shutting down, parked when a
+    /// later try may succeed, else recorded as failed and rejected.
+    async fn unsuccessful(
+        &self,
+        endpoint: Endpoint,
+        ticket_id: &str,
+        e: JelouError,
+        attempts: u32,
+    ) -> Decision {
+        let action = endpoint.as_str();
+        if let JelouError::Shutdown = e {
+            self.release(ticket_id, None).await;
+            return Decision::Requeue;
+        }
+        let error = e.to_string();
+        if e.is_retryable() {
+            self.release(ticket_id, Some(&error)).await;
+            return park(action, error, e.http_status(), attempts, e.retry_after());
+        }
+        let recorded = match endpoint {
+            Endpoint::Start => self.store.fail_start(ticket_id, &error).await,
+            Endpoint::Close => self.store.fail_close(ticket_id, &error).await,
+        };
+        if let Err(se) = recorded {
+            warn!(error = %se, action, "could not record the failed call");
+        }
+        rejected(action, ticket_id, &e, attempts)
     }
 
     async fn release(&self, ticket_id: &str, error: Option<&str>) {
