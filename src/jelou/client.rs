@@ -3,7 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use secrecy::{ExposeSecret, SecretString};
+use anyhow::Context;
+use base64::Engine;
+use reqwest::header::{self, HeaderName, HeaderValue};
+use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use super::error::JelouError;
@@ -39,21 +42,13 @@ pub struct Closed {
     pub ended_reason: Option<String>,
 }
 
-enum Auth {
-    ApiKey(SecretString),
-    Basic {
-        id: String,
-        secret: SecretString,
-    },
-    /// Sandbox with no credentials: the stand-in does not check.
-    None,
-}
-
 pub struct JelouClient {
     http: reqwest::Client,
-    start_url: String,
-    close_url: String,
-    auth: Auth,
+    start_url: reqwest::Url,
+    close_url: reqwest::Url,
+    /// The credentials header, built once and marked sensitive (never printed); none in a
+    /// sandbox without credentials, where the stand-in does not check.
+    auth: Option<(HeaderName, HeaderValue)>,
     timeout: Duration,
 }
 
@@ -61,23 +56,44 @@ impl JelouClient {
     pub fn new(settings: &JelouSettings) -> anyhow::Result<Self> {
         let project = settings.project_id.clone().unwrap_or_default();
         let url = |path: &str| {
-            format!(
+            let url = format!(
                 "{}{}",
                 settings.base_url.trim_end_matches('/'),
                 path.replace("{projectId}", &project)
-            )
+            );
+            reqwest::Url::parse(&url).with_context(|| format!("jelou URL {url:?}"))
         };
         let auth = match settings.auth {
-            JelouAuth::ApiKey => settings.api_key.clone().map(Auth::ApiKey),
+            JelouAuth::ApiKey => settings.api_key.as_ref().map(|key| {
+                (
+                    HeaderName::from_static("x-api-key"),
+                    key.expose_secret().to_string(),
+                )
+            }),
             JelouAuth::Basic => match (&settings.client_id, &settings.client_secret) {
-                (Some(id), Some(secret)) => Some(Auth::Basic {
-                    id: id.clone(),
-                    secret: secret.clone(),
-                }),
+                (Some(id), Some(secret)) => {
+                    let pair = format!("{id}:{}", secret.expose_secret());
+                    Some((
+                        header::AUTHORIZATION,
+                        format!(
+                            "Basic {}",
+                            base64::engine::general_purpose::STANDARD.encode(pair)
+                        ),
+                    ))
+                }
                 _ => None,
             },
-        }
-        .unwrap_or(Auth::None);
+        };
+        let auth = match auth {
+            Some((name, value)) => {
+                let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                    anyhow::anyhow!("the Jelou credentials hold characters a header cannot carry")
+                })?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+            None => None,
+        };
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.connect_timeout)
@@ -90,8 +106,8 @@ impl JelouClient {
             .build()?;
         Ok(Self {
             http,
-            start_url: url(&settings.start_path),
-            close_url: url(&settings.close_path),
+            start_url: url(&settings.start_path)?,
+            close_url: url(&settings.close_path)?,
             auth,
             timeout: settings.timeout,
         })
@@ -124,16 +140,14 @@ impl JelouClient {
     async fn post<B: serde::Serialize>(
         &self,
         endpoint: Endpoint,
-        url: &str,
+        url: &reqwest::Url,
         body: &B,
     ) -> Result<(u16, Value, bytes::Bytes), JelouError> {
         let started = Instant::now();
-        let mut request = self.http.post(url).json(body);
-        request = match &self.auth {
-            Auth::ApiKey(key) => request.header("x-api-key", key.expose_secret()),
-            Auth::Basic { id, secret } => request.basic_auth(id, Some(secret.expose_secret())),
-            Auth::None => request,
-        };
+        let mut request = self.http.post(url.clone()).json(body);
+        if let Some((name, value)) = &self.auth {
+            request = request.header(name, value.clone());
+        }
         let result = async {
             let response = request.send().await.map_err(|e| self.transport_error(e))?;
             let status = response.status().as_u16();
