@@ -9,10 +9,8 @@ use futures_util::StreamExt;
 use jelou_bridge::amqp::topology;
 use jelou_bridge::config::Settings;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -253,37 +251,9 @@ pub async fn observe(
     prefix: String,
 ) -> anyhow::Result<mpsc::UnboundedReceiver<Seen>> {
     let channel = conn.create_channel().await?;
-    let q = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            q.name().clone(),
-            exchange.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            q.name().clone(),
-            "loadtest-observer".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (_, mut consumer) =
+        jelou_bridge::amqp::private_consumer(&channel, Some((exchange, "#")), "loadtest-observer")
+            .await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let _channel = channel;

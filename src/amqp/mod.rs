@@ -6,7 +6,9 @@ pub mod consumer;
 pub mod publisher;
 pub mod topology;
 
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Consumer};
 
 pub use publisher::{BrokerLink, PublishError, Publisher};
 
@@ -60,4 +62,48 @@ pub fn set_str(table: &mut FieldTable, key: &str, value: &str) {
 
 pub fn set_i64(table: &mut FieldTable, key: &str, value: i64) {
     table.insert(ShortString::from(key), AMQPValue::LongLongInt(value));
+}
+
+/// A private queue on `channel` (server-named, exclusive, deleted with its consumer), bound to
+/// `exchange` with `binding_key` when given, and consumed without acks: what `publish` waits
+/// on for its `reply_to` answer, and how the tests and the benchmark watch the events exchange.
+pub async fn private_consumer(
+    channel: &Channel,
+    bind: Option<(&str, &str)>,
+    consumer_tag: &str,
+) -> lapin::Result<(ShortString, Consumer)> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    if let Some((exchange, binding_key)) = bind {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                binding_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            consumer_tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((queue.name().clone(), consumer))
 }

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde_json::{json, Value};
@@ -84,28 +83,8 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
     let publisher = Publisher::open(&conn, settings.amqp.confirm_timeout).await?;
     // A private, server-named reply queue: the bridge sends the outcome there too.
     let replies = conn.create_channel().await?;
-    let reply_queue = replies
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = replies
-        .basic_consume(
-            reply_queue.name().clone(),
-            "jelou-bridge publish".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (reply_queue, mut consumer) =
+        crate::amqp::private_consumer(&replies, None, "jelou-bridge publish").await?;
     let correlation_id = uuid::Uuid::new_v4().to_string();
     // What the helpdesk must set too: the sharded topology hashes this header (README, "Scaling out").
     let mut headers = FieldTable::default();
@@ -116,7 +95,7 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
         .with_delivery_mode(2)
         .with_message_id(uuid::Uuid::new_v4().to_string().into())
         .with_correlation_id(correlation_id.as_str().into())
-        .with_reply_to(reply_queue.name().clone());
+        .with_reply_to(reply_queue);
     let payload = serde_json::to_vec(&body)?;
     match publisher
         .publish(&settings.amqp.exchange, routing_key, &payload, props, true)

@@ -89,17 +89,7 @@ impl Replica {
 
     /// The sum of the samples of `metric` whose labels contain one of `labels`.
     async fn metric(&self, metric: &str, labels: &[&str]) -> u64 {
-        let text = reqwest::get(format!("{}/metrics", self.http))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.split([' ', '{']).next() == Some(metric))
-            .filter(|l| labels.is_empty() || labels.iter().any(|x| l.contains(x)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        scrape_metric(&self.http, metric, labels).await as u64
     }
 
     /// Ticket events this replica settled with a result.

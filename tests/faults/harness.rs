@@ -22,7 +22,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{amqp_url, bridge_bin, unique, PgDatabase, Seen, API_KEY, PROJECT};
+use crate::support::{
+    amqp_url, bridge_bin, ready_messages, scrape_metric, unique, PgDatabase, Seen, API_KEY, PROJECT,
+};
 
 /// A broker connection, or a failed test when the broker does not answer in time (a broker
 /// that accepts TCP but never completes the handshake would otherwise hang the test).
@@ -300,16 +302,7 @@ impl BridgeProcess {
 
     /// The sum of a Prometheus counter over all its labels, from `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.http))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        scrape_metric(&self.http, name, &[]).await
     }
 }
 
@@ -798,18 +791,9 @@ pub fn rabbitmqctl(args: &[&str]) {
 pub async fn depth(queue: &str) -> u32 {
     let conn = connect().await;
     let ch = conn.create_channel().await.unwrap();
-    let n = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let n = ready_messages(&ch, queue)
         .await
-        .unwrap_or_else(|e| panic!("queue {queue} exists: {e}"))
-        .message_count();
+        .unwrap_or_else(|e| panic!("queue {queue} exists: {e}"));
     let _ = conn.close(200, "done".into()).await;
     n
 }

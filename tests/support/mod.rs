@@ -11,10 +11,7 @@ use futures_util::StreamExt;
 use jelou_bridge::app::Application;
 use jelou_bridge::config::Settings;
 use jelou_bridge::jelou::mock::{MockJelou, MockOptions};
-use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use secrecy::SecretString;
@@ -127,40 +124,13 @@ impl Bus {
                 .await
                 .unwrap();
         }
-        let q = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                q.name().clone(),
-                settings.amqp.events_exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let consumer = channel
-            .basic_consume(
-                q.name().clone(),
-                "observer".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let (_, consumer) = jelou_bridge::amqp::private_consumer(
+            &channel,
+            Some((&settings.amqp.events_exchange, "#")),
+            "observer",
+        )
+        .await
+        .unwrap();
         Bus {
             conn,
             channel,
@@ -276,19 +246,41 @@ impl Bus {
 
     /// Number of messages ready in `queue`.
     pub async fn depth(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        ready_messages(&self.channel, queue)
             .await
-            .unwrap()
-            .message_count()
+            .unwrap_or_else(|e| panic!("queue {queue} exists: {e}"))
     }
+}
+
+/// Messages ready in `queue` (a passive declare).
+pub async fn ready_messages(channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
+}
+
+/// The sum of the samples of Prometheus metric `name` on `{http}/metrics` whose labels
+/// contain one of `labels` (every sample when `labels` is empty).
+pub async fn scrape_metric(http: &str, name: &str, labels: &[&str]) -> f64 {
+    let text = reqwest::get(format!("{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter(|l| labels.is_empty() || labels.iter().any(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A bridge running in this process against a stand-in for Jelou.
