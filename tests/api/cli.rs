@@ -125,6 +125,7 @@ async fn no_secret_reaches_a_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let name = unique("jbt-logs");
     let settings = test_settings(&name, &mock.base_url(), dir.path());
+    let _topology = TopologyGuard(settings.clone());
     let mut bus = Bus::new(&settings).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -236,6 +236,7 @@ async fn three_replicas_on_the_sharded_topology_keep_each_tickets_order() {
     let mut settings = test_settings(&name, &mock.base_url(), dir.path());
     settings.amqp.consume_queues = (0..SHARDS).map(|i| format!("{name}.shard.{i}")).collect();
     settings.amqp.shard_exchange = format!("{name}.shards");
+    let _topology = TopologyGuard(settings.clone());
     let mut bus = Bus::new(&settings).await;
 
     let a = &settings.amqp;
@@ -312,5 +313,4 @@ async fn three_replicas_on_the_sharded_topology_keep_each_tickets_order() {
         let logs = r.logs();
         assert_eq!(r.stop().await, Some(0), "graceful exit: {logs}");
     }
-    delete_topology(&bus.channel, &settings).await;
 }

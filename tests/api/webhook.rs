@@ -342,6 +342,7 @@ async fn without_a_signing_secret_nothing_is_accepted() {
 async fn webhook_log_lines_name_the_ticket_and_the_correlation_id() {
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(&unique("jbt-whlog"), "http://127.0.0.1:1", dir.path());
+    let _topology = TopologyGuard(settings.clone());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -379,28 +379,44 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
         if !self.keep_topology {
-            let settings = self.settings.clone();
-            let _ = std::thread::spawn(move || delete_topology_blocking(&settings)).join();
+            delete_topology_blocking(&self.settings);
         }
     }
 }
 
-/// [`delete_topology`] from outside any runtime (drop).
+/// [`delete_topology`] from anywhere, also from a `drop` inside a runtime: it runs on a
+/// thread of its own.
 pub fn delete_topology_blocking(settings: &Settings) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    rt.block_on(async {
-        if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
-            if let Ok(channel) = conn.create_channel().await {
-                delete_topology(&channel, settings).await;
+    let settings = settings.clone();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            if let Ok(conn) =
+                Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+            {
+                if let Ok(channel) = conn.create_channel().await {
+                    delete_topology(&channel, &settings).await;
+                }
+                let _ = conn.close(200, "cleaned up".into()).await;
             }
-            let _ = conn.close(200, "cleaned up".into()).await;
-        }
-    });
+        });
+    })
+    .join();
+}
+
+/// Deletes the topology of its settings when dropped, also when the test failed: for tests
+/// whose bridge runs as a child process (a [`TestApp`] cleans up after itself).
+pub struct TopologyGuard(pub Settings);
+
+impl Drop for TopologyGuard {
+    fn drop(&mut self) {
+        delete_topology_blocking(&self.0);
+    }
 }
 
 /// Deletes what the bridge declared for `settings` (best effort: a test's clean-up must not
@@ -408,9 +424,14 @@ pub fn delete_topology_blocking(settings: &Settings) {
 pub async fn delete_topology(channel: &Channel, settings: &Settings) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let a = &settings.amqp;
+    // A bridge run as a child process may have declared the default delay queues instead.
+    let mut delays = settings.retry.delays.clone();
+    delays.extend(Settings::defaults().retry.delays);
+    delays.sort();
+    delays.dedup();
     let mut queues = vec![a.dead_letter_queue()];
     for q in a.consumed_queues() {
-        for d in &settings.retry.delays {
+        for d in &delays {
             queues.push(jelou_bridge::amqp::topology::delay_queue(&q, *d));
         }
         queues.push(q);
