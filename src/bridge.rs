@@ -427,7 +427,7 @@ impl Bridge {
             Endpoint::Close => self.store.fail_close(ticket_id, &error).await,
         };
         if let Err(se) = recorded {
-            warn!(error = %se, action, "could not record the failed call");
+            warn!(error = %se, "could not record the failed {action}");
         }
         rejected(action, ticket_id, &e, attempts)
     }

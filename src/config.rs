@@ -426,6 +426,16 @@ impl Settings {
                 _ => {}
             }
         }
+        // Sent as the x-api-key header, which cannot carry control characters (a trailing
+        // newline from a secrets file, say) or non-ASCII.
+        if let Some(key) = &j.api_key {
+            if reqwest::header::HeaderValue::from_str(key.expose_secret()).is_err() {
+                return Err(ConfigError::new(
+                    "jelou.api_key",
+                    "holds characters an HTTP header cannot carry (a control character such as a trailing newline, or non-ASCII)",
+                ));
+            }
+        }
         if j.timeout.is_zero() {
             return Err(ConfigError::new(
                 "jelou.timeout",
@@ -786,6 +796,16 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key, "jelou.base_url");
+        let err = Settings::load(
+            &vars(&[
+                ("JELOU_BRIDGE__JELOU__PROJECT_ID", "p"),
+                ("JELOU_BRIDGE__JELOU__API_KEY", "k-123\n"),
+            ]),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "jelou.api_key");
+        assert!(!err.to_string().contains("k-123"), "{err}");
         let err =
             Settings::load(&vars(&[("JELOU_BRIDGE__STORE__URL", "mysql://x")]), true).unwrap_err();
         assert_eq!(err.key, "store.url");

@@ -163,18 +163,12 @@ async fn publish_round_trips_through_a_running_bridge() {
     app.stop().await;
 }
 
-async fn delete_topology_blocking_async(settings: &jelou_bridge::config::Settings) {
-    let settings = settings.clone();
-    tokio::task::spawn_blocking(move || delete_topology_blocking(&settings))
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn publish_without_a_running_bridge_times_out_clearly() {
     // The bridge ran once (so its queue exists and takes the message) and is gone.
     let app = spawn_app().await;
     let settings = app.settings.clone();
+    let _topology = TopologyGuard(settings.clone());
     app.stop_keeping_topology().await;
     let out = run(
         &settings,
@@ -188,7 +182,6 @@ async fn publish_without_a_running_bridge_times_out_clearly() {
         out.stderr
     );
     assert!(out.stderr.contains("jelou-bridge run"), "{}", out.stderr);
-    delete_topology_blocking_async(&settings).await;
 
     // Never started at all: nothing to publish to, said plainly.
     let dir = tempfile::tempdir().unwrap();

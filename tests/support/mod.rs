@@ -395,7 +395,8 @@ pub fn delete_topology_blocking(settings: &Settings) {
         else {
             return;
         };
-        rt.block_on(async {
+        // Bounded: a broker that takes the connection and never answers must not hang a test.
+        let _ = rt.block_on(tokio::time::timeout(Duration::from_secs(20), async {
             if let Ok(conn) =
                 Connection::connect(&amqp_url(), ConnectionProperties::default()).await
             {
@@ -404,7 +405,7 @@ pub fn delete_topology_blocking(settings: &Settings) {
                 }
                 let _ = conn.close(200, "cleaned up".into()).await;
             }
-        });
+        }));
     })
     .join();
 }
