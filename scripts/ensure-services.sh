@@ -53,8 +53,11 @@ ensure_rabbitmq() {
     # Every quorum queue holds file handles and the default limit of 1024 runs out early.
     # Debian's wrapper switches user and resets ulimits, so the limit goes where the server
     # reads it: rabbitmq-env.conf, sourced by the server's start script.
+    # Where the hard limit is lower and cannot be raised (a container), take the hard limit:
+    # a failed ulimit would stop the start script.
     if [ -d /etc/rabbitmq ] && ! grep -qs '^ulimit -n' /etc/rabbitmq/rabbitmq-env.conf; then
-      echo 'ulimit -n 65536' | as_root tee -a /etc/rabbitmq/rabbitmq-env.conf >/dev/null
+      echo 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"' \
+        | as_root tee -a /etc/rabbitmq/rabbitmq-env.conf >/dev/null
     fi
     if have_systemd; then
       as_root systemctl start rabbitmq-server
