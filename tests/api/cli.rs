@@ -9,13 +9,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 fn bridge() -> Command {
-    let mut cmd = Command::new(bridge_bin());
-    // Only what each test sets: no stray JELOU_BRIDGE_* from the environment.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("JELOU_BRIDGE") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = clean_bridge_command();
     cmd.current_dir(std::env::temp_dir());
     cmd
 }
@@ -132,35 +126,23 @@ async fn no_secret_reaches_a_log_line() {
         .local_addr()
         .unwrap()
         .port();
-    let child = tokio::process::Command::new(bridge_bin())
+    let child = bridge_command(&settings)
         .arg("run")
         .env(
             "JELOU_BRIDGE__AMQP__URL",
             format!("amqp://{}:{AMQP_PW}@127.0.0.1:5672/%2f", user.name),
         )
-        .env("JELOU_BRIDGE__AMQP__EXCHANGE", &settings.amqp.exchange)
-        .env("JELOU_BRIDGE__AMQP__QUEUE", &settings.amqp.queue)
-        .env(
-            "JELOU_BRIDGE__AMQP__EVENTS_EXCHANGE",
-            &settings.amqp.events_exchange,
-        )
         .env("JELOU_BRIDGE__JELOU__BASE_URL", mock.base_url())
         .env("JELOU_BRIDGE__JELOU__PROJECT_ID", PROJECT)
         .env("JELOU_BRIDGE__JELOU__API_KEY", API_KEY_S)
         .env("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", SIGNING)
-        .env(
-            "JELOU_BRIDGE__STORE__URL",
-            format!("sqlite://{}/s.db", dir.path().display()),
-        )
         .env("JELOU_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("JELOU_BRIDGE__LOG__FORMAT", "json")
         .env("JELOU_BRIDGE__LOG__LEVEL", "debug")
         .env("JELOU_BRIDGE__RETRY__MIN_DELAY", "10ms")
-        .env_remove("RUST_LOG")
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();

@@ -10,7 +10,6 @@ use jelou_bridge::jelou::Endpoint;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
-use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -19,27 +18,9 @@ const WAIT: Duration = Duration::from_secs(15);
 
 /// The binary, configured through the environment only, as an operator would run it.
 fn command(settings: &Settings) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(bridge_bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("JELOU_BRIDGE") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env_remove("RUST_LOG")
-        .env("JELOU_BRIDGE__AMQP__URL", settings.amqp.url.expose_secret())
-        .env("JELOU_BRIDGE__AMQP__EXCHANGE", &settings.amqp.exchange)
-        .env("JELOU_BRIDGE__AMQP__QUEUE", &settings.amqp.queue)
-        .env(
-            "JELOU_BRIDGE__AMQP__EVENTS_EXCHANGE",
-            &settings.amqp.events_exchange,
-        )
-        .env(
-            "JELOU_BRIDGE__STORE__URL",
-            settings.store.url.expose_secret(),
-        )
-        .env("JELOU_BRIDGE__LOG__LEVEL", "warn")
-        .current_dir(std::env::temp_dir())
-        .kill_on_drop(true);
+    let mut cmd = bridge_command(settings);
+    cmd.env("JELOU_BRIDGE__LOG__LEVEL", "warn")
+        .current_dir(std::env::temp_dir());
     cmd
 }
 

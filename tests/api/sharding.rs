@@ -39,12 +39,7 @@ impl Replica {
             .unwrap()
             .port();
         let log = dir.join(format!("replica-{index}.log"));
-        let mut cmd = tokio::process::Command::new(bridge_bin());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("JELOU_BRIDGE") {
-                cmd.env_remove(k);
-            }
-        }
+        let mut cmd = tokio::process::Command::from(clean_bridge_command());
         let child = cmd
             .arg("run")
             .envs(vars.iter().cloned())

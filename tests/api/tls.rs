@@ -200,12 +200,7 @@ async fn round_trip(app: &mut TestApp, ticket: &str) {
 /// `check-config --probe` with these TLS settings: its broker line (Jelou's base URL points
 /// nowhere, so the command as a whole fails; only the broker is under test here).
 fn probe(url: &str, tls: &[(&str, String)], dir: &Path) -> String {
-    let mut cmd = Command::new(bridge_bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("JELOU_BRIDGE") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = clean_bridge_command();
     for (key, value) in tls {
         cmd.env(format!("JELOU_BRIDGE__AMQP__{key}"), value);
     }

@@ -349,33 +349,14 @@ async fn webhook_log_lines_name_the_ticket_and_the_correlation_id() {
         .unwrap()
         .port();
     let http = format!("http://127.0.0.1:{port}");
-    let mut cmd = tokio::process::Command::new(bridge_bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("JELOU_BRIDGE") {
-            cmd.env_remove(k);
-        }
-    }
-    let child = cmd
+    let child = bridge_command(&settings)
         .args(["run", "--sandbox"])
-        .env("JELOU_BRIDGE__AMQP__URL", amqp_url())
-        .env("JELOU_BRIDGE__AMQP__EXCHANGE", &settings.amqp.exchange)
-        .env("JELOU_BRIDGE__AMQP__QUEUE", &settings.amqp.queue)
-        .env(
-            "JELOU_BRIDGE__AMQP__EVENTS_EXCHANGE",
-            &settings.amqp.events_exchange,
-        )
-        .env(
-            "JELOU_BRIDGE__STORE__URL",
-            format!("sqlite://{}/s.db", dir.path().display()),
-        )
         .env("JELOU_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", SECRET)
         .env("JELOU_BRIDGE__LOG__FORMAT", "json")
         .env("JELOU_BRIDGE__LOG__LEVEL", "info")
-        .env_remove("RUST_LOG")
         .current_dir(dir.path())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + WAIT;

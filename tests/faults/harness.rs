@@ -23,7 +23,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{
-    amqp_url, bridge_bin, ready_messages, scrape_metric, unique, PgDatabase, Seen, API_KEY, PROJECT,
+    amqp_url, clean_bridge_command, ready_messages, scrape_metric, unique, PgDatabase, Seen,
+    API_KEY, PROJECT,
 };
 
 /// A broker connection, or a failed test when the broker does not answer in time (a broker
@@ -202,19 +203,15 @@ impl BridgeProcess {
     pub fn spawn(env: &[(String, String)], dir: &std::path::Path) -> BridgeProcess {
         let port = free_port();
         let log = dir.join(format!("bridge-{port}.log"));
-        let mut cmd = Command::new(bridge_bin());
+        let mut cmd = clean_bridge_command();
         cmd.arg("run")
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         // Only what the scenario sets: no stray settings from the test's own environment.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("JELOU_BRIDGE") || k == "RUST_LOG" {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.envs(env.iter().cloned())
+        cmd.env_remove("RUST_LOG")
+            .envs(env.iter().cloned())
             .env("JELOU_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"));
         let child = cmd.spawn().expect("the jelou-bridge binary starts");
         BridgeProcess {

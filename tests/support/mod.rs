@@ -396,16 +396,20 @@ pub fn delete_topology_blocking(settings: &Settings) {
             return;
         };
         // Bounded: a broker that takes the connection and never answers must not hang a test.
-        let _ = rt.block_on(tokio::time::timeout(Duration::from_secs(20), async {
-            if let Ok(conn) =
-                Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-            {
-                if let Ok(channel) = conn.create_channel().await {
-                    delete_topology(&channel, &settings).await;
+        // (The timeout is made inside the runtime: outside it, it panics.)
+        rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(20), async {
+                if let Ok(conn) =
+                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+                {
+                    if let Ok(channel) = conn.create_channel().await {
+                        delete_topology(&channel, &settings).await;
+                    }
+                    let _ = conn.close(200, "cleaned up".into()).await;
                 }
-                let _ = conn.close(200, "cleaned up".into()).await;
-            }
-        }));
+            })
+            .await;
+        });
     })
     .join();
 }
@@ -470,6 +474,39 @@ pub fn start_calls_per_ticket(mock: &MockJelou) -> HashMap<String, usize> {
         }
     }
     out
+}
+
+/// The binary under test with nothing of the test's own `JELOU_BRIDGE_*` environment: only
+/// what the test sets reaches it.
+pub fn clean_bridge_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(bridge_bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("JELOU_BRIDGE") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// The binary configured through the environment only, as an operator would run it: the
+/// broker, exchanges, queue and store of `settings`, no `RUST_LOG`, killed when dropped.
+pub fn bridge_command(settings: &Settings) -> tokio::process::Command {
+    use secrecy::ExposeSecret;
+    let mut cmd = tokio::process::Command::from(clean_bridge_command());
+    cmd.env_remove("RUST_LOG")
+        .env("JELOU_BRIDGE__AMQP__URL", settings.amqp.url.expose_secret())
+        .env("JELOU_BRIDGE__AMQP__EXCHANGE", &settings.amqp.exchange)
+        .env("JELOU_BRIDGE__AMQP__QUEUE", &settings.amqp.queue)
+        .env(
+            "JELOU_BRIDGE__AMQP__EVENTS_EXCHANGE",
+            &settings.amqp.events_exchange,
+        )
+        .env(
+            "JELOU_BRIDGE__STORE__URL",
+            settings.store.url.expose_secret(),
+        )
+        .kill_on_drop(true);
+    cmd
 }
 
 /// The release or debug binary under test.
