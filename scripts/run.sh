@@ -4,7 +4,8 @@
 #
 # Without Jelou credentials (JELOU_BRIDGE__JELOU__API_KEY, or a config naming one) it runs in
 # sandbox mode against an in-process stand-in for Jelou, publishes a sample ticket, shows it
-# become a conversation and be closed, and keeps running until Ctrl-C.
+# become a conversation, an agent's reply go out and the customer's answer come back, the
+# conversation closed, and keeps running until Ctrl-C.
 #   --once   stop after the sample ticket (used by the test suite as a smoke test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,8 @@ done
 ticket="DEMO-$(date +%s)"
 echo "== publishing ticket.opened for $ticket =="
 "$bin" publish opened --ticket "$ticket" --user demo-user --text "Hola, necesito ayuda"
+echo "== publishing ticket.reply for $ticket: an agent's message goes out to the customer, whose answer comes back =="
+"$bin" publish reply --ticket "$ticket" --text "Hola, ya lo estamos revisando" --wait-customer 10s
 echo "== publishing ticket.resolved for $ticket =="
 "$bin" publish resolved --ticket "$ticket" --text "Tu ticket fue resuelto"
 echo "== what the store knows of $ticket =="

@@ -79,7 +79,7 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let settings = self.settings.clone();
-        let jelou = JelouClient::new(&settings.jelou)?;
+        let jelou = JelouClient::new(&settings.jelou, settings.webhook.signing_secret.clone())?;
         let bridge = Arc::new(Bridge::new(
             settings.clone(),
             jelou,
@@ -171,6 +171,9 @@ async fn start_sandbox(
         MockOptions {
             start_path: settings.jelou.start_path.clone(),
             close_path: settings.jelou.close_path.clone(),
+            conversation_path: settings.jelou.conversation_path.clone(),
+            // The sandbox's customer answers every reply, so both directions show.
+            echo_messages: true,
             webhook: Some(WebhookTarget {
                 url: format!("http://{webhook_host}/webhooks/jelou"),
                 secret,
@@ -181,6 +184,7 @@ async fn start_sandbox(
     )
     .await?;
     settings.jelou.base_url = mock.base_url();
+    settings.jelou.messages_url = mock.messages_url();
     if settings.jelou.project_id.is_none() {
         settings.jelou.project_id = Some("sandbox".into());
     }

@@ -23,9 +23,10 @@ use crate::config::Settings;
 use crate::events::{Failure, FailureReason, Outcome};
 use crate::jelou::retry::RetryPolicy;
 use crate::jelou::{Endpoint, JelouClient, JelouError};
-use crate::store::{now_ms, CloseClaim, StartClaim, Store};
+use crate::store::{now_ms, CloseClaim, MessageClaim, StartClaim, Store, TicketState};
 use crate::ticket::{
-    self, close_request, start_request, InvalidMessage, TicketEvent, TicketOpened, TicketResolved,
+    self, close_request, message_request, start_request, InvalidMessage, Recipient, TicketEvent,
+    TicketOpened, TicketReply, TicketResolved,
 };
 
 /// How often a delivery waiting on another one's work looks at the store again.
@@ -144,6 +145,7 @@ impl Bridge {
             }),
             Ok(TicketEvent::Opened(t)) => self.opened(t, msg).await,
             Ok(TicketEvent::Resolved(t)) => self.resolved(t, msg).await,
+            Ok(TicketEvent::Reply(t)) => self.replied(t, msg).await,
         };
         self.within_budget(decision, event, msg)
     }
@@ -403,6 +405,243 @@ impl Bridge {
         }
     }
 
+    /// An agent's reply: into the room of the ticket's active conversation, once per
+    /// `messageId`. Waits (in order, behind the ticket's earlier events) for a start still
+    /// under way; a ticket with no active conversation ends as `ticket.failed`.
+    async fn replied(&self, t: &TicketReply, msg: &Inbound) -> Decision {
+        let waited = Instant::now();
+        let record = loop {
+            let record = match self.store.get(&t.ticket_id).await {
+                Ok(r) => r,
+                Err(e) => return park_store("message", e, msg),
+            };
+            let patience_left = waited.elapsed() < self.settings.store.unknown_ticket_wait;
+            let no_conversation = |reason, error: &str| {
+                Decision::Failed(Failure {
+                    ticket_id: Some(t.ticket_id.clone()),
+                    action: Some("message"),
+                    reason,
+                    http_status: None,
+                    error: error.to_string(),
+                    response: None,
+                    attempts: msg.prior_attempts,
+                })
+            };
+            match record {
+                Some(r) if r.state == TicketState::Active && r.conversation_id.is_some() => {
+                    break r
+                }
+                Some(r) if matches!(r.state, TicketState::Closing | TicketState::Closed) => {
+                    return no_conversation(
+                        FailureReason::AlreadyResolved,
+                        "the ticket was resolved: its conversation is closed",
+                    )
+                }
+                Some(r) if r.state == TicketState::Failed => {
+                    return no_conversation(
+                        FailureReason::UnknownTicket,
+                        "the ticket has no active conversation: its start failed",
+                    )
+                }
+                Some(_) if !patience_left => {
+                    return park(
+                        "message",
+                        "waiting for the ticket's start to complete".into(),
+                        None,
+                        msg.prior_attempts,
+                        None,
+                    )
+                }
+                None if !patience_left => {
+                    return no_conversation(
+                        FailureReason::UnknownTicket,
+                        &format!(
+                            "the bridge has no conversation for this ticket (waited {})",
+                            humantime::format_duration(self.settings.store.unknown_ticket_wait)
+                        ),
+                    )
+                }
+                _ => {
+                    if !self.pause().await {
+                        return Decision::Requeue;
+                    }
+                }
+            }
+        };
+        let conversation_id = record.conversation_id.clone().unwrap_or_default();
+        let sent = |conversation_id: &str| {
+            Decision::Done(Outcome::message_sent(
+                &t.ticket_id,
+                conversation_id,
+                &t.message_id,
+            ))
+        };
+        match self
+            .store
+            .claim_message(&t.ticket_id, &t.message_id, &conversation_id)
+            .await
+        {
+            Err(e) => return park_store("message", e, msg),
+            Ok(MessageClaim::Sent { conversation_id: c }) => {
+                info!("message already sent: no second send");
+                metrics::counter!("jelou_bridge_duplicates_absorbed_total", "event" => "ticket.reply").increment(1);
+                return sent(c.as_deref().unwrap_or(&conversation_id));
+            }
+            Ok(MessageClaim::Busy) => {
+                return park(
+                    "message",
+                    "another bridge process is sending this message".into(),
+                    None,
+                    msg.prior_attempts,
+                    None,
+                )
+            }
+            Ok(MessageClaim::Claimed) => {}
+        }
+        let outcome = self.send_reply(t, &record, &conversation_id, msg).await;
+        let forget = match &outcome {
+            // Sent: recorded below. Refused for good: nothing was sent, forget the claim.
+            Decision::Done(_) => None,
+            Decision::Failed(_) => Some(true),
+            _ => Some(false),
+        };
+        match forget {
+            None => {
+                if let Err(e) = self.store.finish_message(&t.ticket_id, &t.message_id).await {
+                    // The customer has the message; a redelivery could send it again.
+                    error!(error = %e, "message sent but the store could not record it");
+                }
+            }
+            Some(forget) => {
+                if let Err(e) = self
+                    .store
+                    .release_message(&t.ticket_id, &t.message_id, forget)
+                    .await
+                {
+                    warn!(error = %e, "could not release the message (its lease will expire)");
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Learns the room if needed, then sends; what the send leads to.
+    async fn send_reply(
+        &self,
+        t: &TicketReply,
+        record: &crate::store::TicketRecord,
+        conversation_id: &str,
+        msg: &Inbound,
+    ) -> Decision {
+        let mut attempts = msg.prior_attempts;
+        let room_id = match &record.room_id {
+            Some(room) => room.clone(),
+            None => {
+                // The conversation.start webhook did not reach us (yet): ask Jelou.
+                let read = self
+                    .policy
+                    .run(Endpoint::Conversation, &self.shutdown, || {
+                        self.jelou.conversation(conversation_id)
+                    })
+                    .await;
+                attempts += read.attempts;
+                let conversation = match read.result {
+                    Ok(c) => c,
+                    Err(e) => return self.message_failed(t, e, attempts),
+                };
+                if conversation.is_closed() {
+                    return Decision::Failed(Failure {
+                        ticket_id: Some(t.ticket_id.clone()),
+                        action: Some("message"),
+                        reason: FailureReason::AlreadyResolved,
+                        http_status: None,
+                        error: format!(
+                            "the ticket's conversation {conversation_id} is closed in Jelou ({})",
+                            conversation
+                                .ended_reason
+                                .as_deref()
+                                .unwrap_or("no reason given")
+                        ),
+                        response: None,
+                        attempts,
+                    });
+                }
+                let Some(room) = conversation.room_id else {
+                    return Decision::Failed(Failure {
+                        ticket_id: Some(t.ticket_id.clone()),
+                        action: Some("message"),
+                        reason: FailureReason::Rejected,
+                        http_status: None,
+                        error: format!("Jelou names no room for conversation {conversation_id}"),
+                        response: None,
+                        attempts,
+                    });
+                };
+                if let Err(e) = self.store.note_room(conversation_id, &room).await {
+                    warn!(error = %e, "could not record the conversation's room");
+                }
+                room
+            }
+        };
+        let (Some(bot_id), Some(user_id)) = (record.bot_id.as_deref(), record.user_id.as_deref())
+        else {
+            return invalid(
+                &t.ticket_id,
+                "message",
+                "the store knows no bot and user for this ticket",
+                msg,
+            );
+        };
+        let project_id = self
+            .settings
+            .jelou
+            .project_id
+            .as_deref()
+            .unwrap_or_default();
+        let req = message_request(
+            t,
+            Recipient {
+                project_id,
+                room_id: &room_id,
+                bot_id,
+                user_id,
+            },
+        );
+        let attempted = self
+            .policy
+            .run(Endpoint::Message, &self.shutdown, || {
+                self.jelou.send_message(&req)
+            })
+            .await;
+        attempts += attempted.attempts;
+        match attempted.result {
+            Ok(()) => {
+                info!(conversation_id, room_id = %room_id, attempts, "message sent");
+                Decision::Done(Outcome::message_sent(
+                    &t.ticket_id,
+                    conversation_id,
+                    &t.message_id,
+                ))
+            }
+            Err(e) => self.message_failed(t, e, attempts),
+        }
+    }
+
+    /// A send (or the read before it) that did not succeed.
+    fn message_failed(&self, t: &TicketReply, e: JelouError, attempts: u32) -> Decision {
+        match e {
+            JelouError::Shutdown => Decision::Requeue,
+            e if e.is_retryable() => park(
+                "message",
+                e.to_string(),
+                e.http_status(),
+                attempts,
+                e.retry_after(),
+            ),
+            e => rejected("message", &t.ticket_id, &e, attempts),
+        }
+    }
+
     /// A Jelou call that did not succeed: back to the queue when shutting down, parked when a
     /// later try may succeed, else recorded as failed and rejected.
     async fn unsuccessful(
@@ -425,6 +664,8 @@ impl Bridge {
         let recorded = match endpoint {
             Endpoint::Start => self.store.fail_start(ticket_id, &error).await,
             Endpoint::Close => self.store.fail_close(ticket_id, &error).await,
+            // Messages settle their own claims (`replied`).
+            Endpoint::Message | Endpoint::Conversation => Ok(()),
         };
         if let Err(se) = recorded {
             warn!(error = %se, "could not record the failed {action}");
@@ -457,10 +698,10 @@ impl Bridge {
         let event = EventLabel::of(msg);
         let result = match decision {
             Decision::Done(outcome) => {
-                let label = if outcome.routing_key == crate::events::CONVERSATION_STARTED {
-                    "started"
-                } else {
-                    "closed"
+                let label = match outcome.routing_key.as_str() {
+                    crate::events::CONVERSATION_STARTED => "started",
+                    crate::events::MESSAGE_SENT => "sent",
+                    _ => "closed",
                 };
                 self.publish_outcome(publisher, &outcome, msg)
                     .await

@@ -143,6 +143,11 @@ pub struct JelouSettings {
     pub base_url: String,
     pub start_path: String,
     pub close_path: String,
+    /// Path of the read of one conversation (`{projectId}`, `{conversationId}`).
+    pub conversation_path: String,
+    /// Jelou's send-message endpoint (a full URL: it lives on another host), signed with
+    /// `webhook.signing_secret` instead of the API key.
+    pub messages_url: String,
     #[serde(default)]
     pub project_id: Option<String>,
     #[serde(default, serialize_with = "redact_opt")]
@@ -374,27 +379,12 @@ impl Settings {
         }
 
         let j = &self.jelou;
-        let base = url::Url::parse(&j.base_url)
-            .map_err(|e| ConfigError::new("jelou.base_url", format!("not a URL: {e}")))?;
-        match base.scheme() {
-            "https" => {}
-            "http" if is_loopback(&base) => {}
-            "http" => {
-                return Err(ConfigError::new(
-                    "jelou.base_url",
-                    "must be https:// (plain http is allowed only for a loopback stand-in)",
-                ))
-            }
-            other => {
-                return Err(ConfigError::new(
-                    "jelou.base_url",
-                    format!("unsupported scheme {other}"),
-                ))
-            }
-        }
+        check_https_url("jelou.base_url", &j.base_url)?;
+        check_https_url("jelou.messages_url", &j.messages_url)?;
         for (key, path) in [
             ("jelou.start_path", &j.start_path),
             ("jelou.close_path", &j.close_path),
+            ("jelou.conversation_path", &j.conversation_path),
         ] {
             if !path.starts_with('/') {
                 return Err(ConfigError::new(key, "must start with /"));
@@ -584,6 +574,20 @@ fn is_blank(secret: &Option<SecretString>) -> bool {
     secret
         .as_ref()
         .is_none_or(|s| s.expose_secret().trim().is_empty())
+}
+
+/// A URL Jelou is reached at: https, or plain http to a loopback stand-in.
+fn check_https_url(key: &str, raw: &str) -> Result<(), ConfigError> {
+    let url = url::Url::parse(raw).map_err(|e| ConfigError::new(key, format!("not a URL: {e}")))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(&url) => Ok(()),
+        "http" => Err(ConfigError::new(
+            key,
+            "must be https:// (plain http is allowed only for a loopback stand-in)",
+        )),
+        other => Err(ConfigError::new(key, format!("unsupported scheme {other}"))),
+    }
 }
 
 fn is_loopback(url: &url::Url) -> bool {

@@ -7,6 +7,7 @@ use serde_json::Value;
 /// Routing keys (and `event` values) of what the bridge publishes.
 pub const CONVERSATION_STARTED: &str = "conversation.started";
 pub const CONVERSATION_CLOSED: &str = "conversation.closed";
+pub const MESSAGE_SENT: &str = "message.sent";
 pub const TICKET_FAILED: &str = "ticket.failed";
 
 /// Why a ticket event failed; the `reason` field of `ticket.failed`.
@@ -17,6 +18,8 @@ pub enum FailureReason {
     Rejected,
     UnknownTicket,
     RetriesExhausted,
+    /// A `ticket.opened` (or a reply) for a ticket that was already resolved.
+    AlreadyResolved,
 }
 
 impl FailureReason {
@@ -26,6 +29,7 @@ impl FailureReason {
             FailureReason::Rejected => "rejected",
             FailureReason::UnknownTicket => "unknown_ticket",
             FailureReason::RetriesExhausted => "retries_exhausted",
+            FailureReason::AlreadyResolved => "already_resolved",
         }
     }
 
@@ -35,6 +39,7 @@ impl FailureReason {
             FailureReason::Rejected,
             FailureReason::UnknownTicket,
             FailureReason::RetriesExhausted,
+            FailureReason::AlreadyResolved,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -80,6 +85,21 @@ impl Outcome {
                 "conversationId": conversation_id,
                 "status": "closed",
                 "endedReason": ended_reason,
+                "occurredAt": now_rfc3339(),
+            }),
+        )
+    }
+
+    /// An agent's reply went out to the customer.
+    pub fn message_sent(ticket_id: &str, conversation_id: &str, message_id: &str) -> Self {
+        Self::new(
+            MESSAGE_SENT,
+            Some(ticket_id),
+            serde_json::json!({
+                "event": MESSAGE_SENT,
+                "ticketId": ticket_id,
+                "conversationId": conversation_id,
+                "messageId": message_id,
                 "occurredAt": now_rfc3339(),
             }),
         )
@@ -224,5 +244,17 @@ mod tests {
         );
         assert_eq!(w.routing_key, "jelou.conversation.close");
         assert_eq!(keys(&w), ["conversationId", "event", "payload", "ticketId"]);
+        let m = Outcome::message_sent("T-1", "C-1", "M-1");
+        assert_eq!(m.routing_key, "message.sent");
+        assert_eq!(
+            keys(&m),
+            [
+                "conversationId",
+                "event",
+                "messageId",
+                "occurredAt",
+                "ticketId"
+            ]
+        );
     }
 }

@@ -78,6 +78,8 @@ pub struct TicketRecord {
     pub bot_id: Option<String>,
     pub user_id: Option<String>,
     pub conversation_id: Option<String>,
+    /// The conversation's room in Jelou (what sending it a message needs), once known.
+    pub room_id: Option<String>,
     #[serde(serialize_with = "state_str")]
     pub state: TicketState,
     pub owner: Option<String>,
@@ -101,6 +103,7 @@ impl<'r> FromRow<'r, AnyRow> for TicketRecord {
             bot_id: row.try_get("bot_id")?,
             user_id: row.try_get("user_id")?,
             conversation_id: row.try_get("conversation_id")?,
+            room_id: row.try_get("room_id")?,
             state: state
                 .parse()
                 .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
@@ -139,6 +142,17 @@ pub enum CloseClaim {
     Unknown,
 }
 
+/// The answer to "may I send this agent's message?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageClaim {
+    /// Yes: this process holds it until it records the send or lets go.
+    Claimed,
+    /// Sent already, in this conversation: publish `message.sent` again, call nobody.
+    Sent { conversation_id: Option<String> },
+    /// Another live process is sending it right now.
+    Busy,
+}
+
 /// The answer to "should this webhook delivery be forwarded?".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookClaim {
@@ -150,8 +164,8 @@ pub enum WebhookClaim {
     InFlight,
 }
 
-const COLUMNS: &str = "ticket_id, bot_id, user_id, conversation_id, state, owner, lease_until, \
-                       ended_reason, last_error, attempts, created_at, updated_at";
+const COLUMNS: &str = "ticket_id, bot_id, user_id, conversation_id, room_id, state, owner, \
+                       lease_until, ended_reason, last_error, attempts, created_at, updated_at";
 
 #[derive(Clone)]
 pub struct Store {
@@ -442,20 +456,124 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Jelou said a conversation started for this ticket (its webhook).
+    /// Jelou said a conversation started for this ticket (its webhook), in this room.
     pub async fn note_conversation_started(
         &self,
         ticket_id: &str,
         conversation_id: &str,
+        room_id: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE tickets SET conversation_id = $2, updated_at = $3 WHERE ticket_id = $1 AND conversation_id IS NULL",
+            "UPDATE tickets SET conversation_id = COALESCE(conversation_id, $2), \
+             room_id = CASE WHEN conversation_id IS NULL OR conversation_id = $2 \
+                 THEN COALESCE($3, room_id) ELSE room_id END, updated_at = $4 \
+             WHERE ticket_id = $1",
         )
         .bind(ticket_id)
         .bind(conversation_id)
+        .bind(room_id)
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// The room of a conversation, learned from Jelou (the read of the conversation).
+    pub async fn note_room(&self, conversation_id: &str, room_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tickets SET room_id = $2, updated_at = $3 WHERE conversation_id = $1 AND room_id IS NULL",
+        )
+        .bind(conversation_id)
+        .bind(room_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes an agent's message of a ticket for sending, unless it was sent already or
+    /// another live process is sending it. A claim whose holder let go (parked) or died
+    /// (lease expired) is taken again: its earlier send's answer was never recorded.
+    pub async fn claim_message(
+        &self,
+        ticket_id: &str,
+        message_id: &str,
+        conversation_id: &str,
+    ) -> Result<MessageClaim, StoreError> {
+        let now = now_ms();
+        let claimed = sqlx::query(
+            "INSERT INTO sent_messages (ticket_id, message_id, conversation_id, state, owner, lease_until, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'sending', $4, $5, $6, $6) \
+             ON CONFLICT (ticket_id, message_id) DO UPDATE SET owner = excluded.owner, \
+                 lease_until = excluded.lease_until, updated_at = excluded.updated_at \
+             WHERE sent_messages.state = 'sending' AND (sent_messages.owner IS NULL \
+                 OR sent_messages.owner = excluded.owner OR sent_messages.lease_until < $6) \
+             RETURNING message_id",
+        )
+        .bind(ticket_id)
+        .bind(message_id)
+        .bind(conversation_id)
+        .bind(&self.instance)
+        .bind(now + self.lease_ms())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if claimed.is_some() {
+            return Ok(MessageClaim::Claimed);
+        }
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT state, conversation_id FROM sent_messages WHERE ticket_id = $1 AND message_id = $2",
+        )
+        .bind(ticket_id)
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some((state, conversation_id)) if state == "sent" => {
+                MessageClaim::Sent { conversation_id }
+            }
+            _ => MessageClaim::Busy,
+        })
+    }
+
+    /// Jelou took the message.
+    pub async fn finish_message(
+        &self,
+        ticket_id: &str,
+        message_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sent_messages SET state = 'sent', owner = NULL, lease_until = NULL, updated_at = $3 \
+             WHERE ticket_id = $1 AND message_id = $2",
+        )
+        .bind(ticket_id)
+        .bind(message_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Lets go of a message: `forget` when Jelou refused it (nothing was sent, and a replay
+    /// of the dead letter may try again), else only the hold (it may have been sent).
+    pub async fn release_message(
+        &self,
+        ticket_id: &str,
+        message_id: &str,
+        forget: bool,
+    ) -> Result<(), StoreError> {
+        let sql = if forget {
+            "DELETE FROM sent_messages WHERE ticket_id = $1 AND message_id = $2 AND state = 'sending' AND owner = $3"
+        } else {
+            "UPDATE sent_messages SET owner = NULL, lease_until = NULL \
+             WHERE ticket_id = $1 AND message_id = $2 AND state = 'sending' AND owner = $3"
+        };
+        sqlx::query(sql)
+            .bind(ticket_id)
+            .bind(message_id)
+            .bind(&self.instance)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

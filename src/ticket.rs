@@ -6,11 +6,13 @@ use serde_json::{Map, Value};
 
 use crate::config::{RoutingSettings, Settings};
 
-/// The two event types the bridge consumes.
+/// The event types the bridge consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     Opened,
     Resolved,
+    /// A helpdesk agent's message to the customer.
+    Reply,
 }
 
 impl EventKind {
@@ -18,6 +20,7 @@ impl EventKind {
         match name {
             "ticket.opened" => Some(EventKind::Opened),
             "ticket.resolved" => Some(EventKind::Resolved),
+            "ticket.reply" => Some(EventKind::Reply),
             _ => None,
         }
     }
@@ -26,6 +29,7 @@ impl EventKind {
         match self {
             EventKind::Opened => "ticket.opened",
             EventKind::Resolved => "ticket.resolved",
+            EventKind::Reply => "ticket.reply",
         }
     }
 
@@ -34,6 +38,7 @@ impl EventKind {
         match self {
             EventKind::Opened => "start",
             EventKind::Resolved => "close",
+            EventKind::Reply => "message",
         }
     }
 }
@@ -68,10 +73,41 @@ pub struct TicketResolved {
     pub redirect_payload: Option<Value>,
 }
 
+/// `ticket.reply`: an agent's message, sent to the customer once per `messageId`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TicketReply {
+    pub ticket_id: String,
+    /// The helpdesk's own id of the message: the send-once key, and Jelou's `value.id`.
+    pub message_id: String,
+    pub content: ReplyContent,
+}
+
+/// What an agent's message carries: text, or one attachment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyContent {
+    Text(String),
+    Attachment(Attachment),
+}
+
+/// A media attachment of a reply; `url` is https.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attachment {
+    /// `image`, `video`, `audio` or `document`.
+    pub kind: String,
+    pub url: String,
+    pub mime_type: String,
+    pub caption: Option<String>,
+    pub filename: Option<String>,
+}
+
+/// The attachment types Jelou's send-message endpoint takes.
+pub const ATTACHMENT_TYPES: &[&str] = &["image", "video", "audio", "document"];
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum TicketEvent {
     Opened(TicketOpened),
     Resolved(TicketResolved),
+    Reply(TicketReply),
 }
 
 impl TicketEvent {
@@ -79,6 +115,7 @@ impl TicketEvent {
         match self {
             TicketEvent::Opened(t) => &t.ticket_id,
             TicketEvent::Resolved(t) => &t.ticket_id,
+            TicketEvent::Reply(t) => &t.ticket_id,
         }
     }
 
@@ -86,6 +123,7 @@ impl TicketEvent {
         match self {
             TicketEvent::Opened(_) => EventKind::Opened,
             TicketEvent::Resolved(_) => EventKind::Resolved,
+            TicketEvent::Reply(_) => EventKind::Reply,
         }
     }
 }
@@ -191,6 +229,11 @@ pub fn decode(
             redirect_payload: fields.redirect_payload()?,
             ticket_id,
         })),
+        EventKind::Reply => Ok(TicketEvent::Reply(TicketReply {
+            message_id: fields.required_str("messageId")?,
+            content: fields.reply_content()?,
+            ticket_id,
+        })),
     }
 }
 
@@ -264,25 +307,75 @@ impl Fields<'_> {
         Ok(Some(Assignment { kind, target }))
     }
 
+    /// `text`, or an `attachment` with an https `url` (one of the two, not both).
+    fn reply_content(&self) -> Result<ReplyContent, InvalidMessage> {
+        let text = self.optional_str("text")?;
+        let attachment = self.optional_object("attachment")?;
+        let obj = match (text, attachment) {
+            (Some(_), Some(_)) => {
+                return Err(self
+                    .error("fields `text` and `attachment`: give one of the two, not both".into()))
+            }
+            (Some(text), None) => return Ok(ReplyContent::Text(text)),
+            (None, None) => {
+                return Err(self.error("field `text` or `attachment` is required".into()))
+            }
+            (None, Some(obj)) => obj,
+        };
+        let inner = Fields {
+            obj: &obj,
+            ticket_id: self.ticket_id.clone(),
+            kind: self.kind,
+        };
+        let nested = |e: InvalidMessage| self.error(format!("attachment: {}", e.detail));
+        let kind = inner.required_str("type").map_err(nested)?;
+        if !ATTACHMENT_TYPES.contains(&kind.as_str()) {
+            return Err(self.error(format!(
+                "field `attachment.type` must be one of {}, got {kind:?}",
+                ATTACHMENT_TYPES.join(", ")
+            )));
+        }
+        let url = inner.required_str("url").map_err(nested)?;
+        if !url::Url::parse(&url).is_ok_and(|u| u.scheme() == "https" && u.has_host()) {
+            return Err(self.error(format!(
+                "field `attachment.url` must be an https URL, got {url:?}"
+            )));
+        }
+        Ok(ReplyContent::Attachment(Attachment {
+            kind,
+            url,
+            mime_type: inner.required_str("mimeType").map_err(nested)?,
+            caption: inner.optional_str("caption").map_err(nested)?,
+            filename: inner.optional_str("filename").map_err(nested)?,
+        }))
+    }
+
     fn redirect_payload(&self) -> Result<Option<Value>, InvalidMessage> {
         let Some(obj) = self.optional_object("redirectPayload")? else {
             return Ok(None);
         };
-        match obj.get("type").and_then(Value::as_str) {
-            Some("text") | Some("edge") => {}
-            _ => {
+        let kind = obj.get("type").and_then(Value::as_str);
+        if !matches!(kind, Some("text") | Some("edge")) {
+            return Err(
+                self.error("field `redirectPayload.type` must be \"text\" or \"edge\"".to_string())
+            );
+        }
+        match obj.get("text") {
+            Some(Value::String(t)) if !t.trim().is_empty() => {}
+            // A text redirect is its text: Jelou refuses one without (422).
+            None | Some(Value::Null) | Some(Value::String(_)) if kind == Some("text") => {
                 return Err(self.error(
-                    "field `redirectPayload.type` must be \"text\" or \"edge\"".to_string(),
+                    "field `redirectPayload.text` is required when its type is \"text\"".into(),
                 ))
             }
-        }
-        if let Some(text) = obj.get("text") {
-            if !text.is_string() {
+            None | Some(Value::Null) => {}
+            Some(text) if !text.is_string() => {
                 return Err(self.error(format!(
                     "field `redirectPayload.text`: expected a string, got {}",
                     type_name(text)
                 )));
             }
+            Some(_) => {}
         }
         Ok(Some(Value::Object(obj)))
     }
@@ -412,6 +505,70 @@ pub fn close_request(
         user_id: user_id.to_string(),
         redirect_payload,
     })
+}
+
+/// Body of Jelou's send-message call (snake_case, as Jelou documents it): the agent's reply
+/// into the conversation's room.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MessageRequest {
+    pub field: &'static str,
+    pub object: &'static str,
+    pub event_type: &'static str,
+    pub project_id: String,
+    pub room_id: String,
+    pub bot_id: String,
+    pub user_id: String,
+    pub value: MessageValue,
+}
+
+/// `value` of a send-message call: the sender's message id, its type and content.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MessageValue {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub content: Value,
+}
+
+/// Where a reply goes: the conversation's room, bot and user.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient<'a> {
+    pub project_id: &'a str,
+    pub room_id: &'a str,
+    pub bot_id: &'a str,
+    pub user_id: &'a str,
+}
+
+/// `ticket.reply` → send-message call. Text is `{body}`; media is `{url, mime_type}` with
+/// `caption` (image, video) or `filename` (document) inside `content` where given.
+pub fn message_request(reply: &TicketReply, to: Recipient<'_>) -> MessageRequest {
+    let (kind, content) = match &reply.content {
+        ReplyContent::Text(text) => ("text".to_string(), serde_json::json!({ "body": text })),
+        ReplyContent::Attachment(a) => {
+            let mut content = serde_json::json!({ "url": a.url, "mime_type": a.mime_type });
+            if let (Some(caption), "image" | "video") = (&a.caption, a.kind.as_str()) {
+                content["caption"] = Value::String(caption.clone());
+            }
+            if let (Some(filename), "document") = (&a.filename, a.kind.as_str()) {
+                content["filename"] = Value::String(filename.clone());
+            }
+            (a.kind.clone(), content)
+        }
+    };
+    MessageRequest {
+        field: "messages",
+        object: "message_event",
+        event_type: "incoming_message",
+        project_id: to.project_id.to_string(),
+        room_id: to.room_id.to_string(),
+        bot_id: to.bot_id.to_string(),
+        user_id: to.user_id.to_string(),
+        value: MessageValue {
+            id: reply.message_id.clone(),
+            kind,
+            content,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -628,5 +785,107 @@ mod tests {
             MAX
         )
         .is_err());
+    }
+
+    fn reply(body: Value) -> Result<TicketReply, InvalidMessage> {
+        match decode("ticket.reply", body.to_string().as_bytes(), MAX)? {
+            TicketEvent::Reply(r) => Ok(r),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const TO: Recipient<'static> = Recipient {
+        project_id: "P",
+        room_id: "R-1",
+        bot_id: "B",
+        user_id: "U",
+    };
+
+    #[test]
+    fn text_reply_becomes_jelous_documented_send_message_body() {
+        let r = reply(json!({"ticketId": "T-1", "messageId": "M-1", "text": "Hola"})).unwrap();
+        assert_eq!(
+            serde_json::to_value(message_request(&r, TO)).unwrap(),
+            json!({"field": "messages", "object": "message_event", "event_type": "incoming_message",
+                   "project_id": "P", "room_id": "R-1", "bot_id": "B", "user_id": "U",
+                   "value": {"id": "M-1", "type": "text", "content": {"body": "Hola"}}})
+        );
+    }
+
+    #[test]
+    fn attachments_carry_url_mime_type_and_their_own_extras() {
+        let media = |kind: &str| {
+            let r = reply(
+                json!({"ticketId": "T-1", "messageId": "M-2", "attachment": {
+                "type": kind, "url": "https://cdn.example/a", "mimeType": "x/y",
+                "caption": "look", "filename": "a.pdf"}}),
+            )
+            .unwrap();
+            serde_json::to_value(message_request(&r, TO)).unwrap()["value"].clone()
+        };
+        assert_eq!(
+            media("image"),
+            json!({"id": "M-2", "type": "image", "content": {"url": "https://cdn.example/a", "mime_type": "x/y", "caption": "look"}})
+        );
+        assert_eq!(media("video")["content"]["caption"], "look");
+        assert_eq!(
+            media("audio")["content"],
+            json!({"url": "https://cdn.example/a", "mime_type": "x/y"})
+        );
+        assert_eq!(
+            media("document")["content"],
+            json!({"url": "https://cdn.example/a", "mime_type": "x/y", "filename": "a.pdf"})
+        );
+    }
+
+    #[test]
+    fn bad_replies_are_named_precisely() {
+        let err = |body: Value| reply(body).unwrap_err().detail;
+        assert_eq!(
+            err(json!({"ticketId": "T", "text": "x"})),
+            "field `messageId` is required"
+        );
+        assert_eq!(
+            err(json!({"ticketId": "T", "messageId": "M"})),
+            "field `text` or `attachment` is required"
+        );
+        assert!(err(json!({"ticketId": "T", "messageId": "M", "text": "x",
+            "attachment": {"type": "image"}}))
+        .contains("not both"));
+        assert!(err(json!({"ticketId": "T", "messageId": "M",
+            "attachment": {"type": "sticker", "url": "https://a/b", "mimeType": "x"}}))
+        .contains("attachment.type"));
+        assert!(err(json!({"ticketId": "T", "messageId": "M",
+            "attachment": {"type": "image", "url": "http://a/b", "mimeType": "x"}}))
+        .contains("https"));
+        assert_eq!(
+            err(json!({"ticketId": "T", "messageId": "M",
+                "attachment": {"type": "image", "url": "https://a/b"}})),
+            "attachment: field `mimeType` is required"
+        );
+        let invalid = reply(json!({"ticketId": "T-9", "text": "x"})).unwrap_err();
+        assert_eq!(invalid.ticket_id.as_deref(), Some("T-9"));
+        assert_eq!(invalid.kind.map(EventKind::action), Some("message"));
+    }
+
+    #[test]
+    fn a_text_redirect_needs_its_text() {
+        let resolved = |payload: Value| {
+            decode(
+                "ticket.resolved",
+                json!({"ticketId": "T", "redirectPayload": payload})
+                    .to_string()
+                    .as_bytes(),
+                MAX,
+            )
+        };
+        for bad in [
+            json!({"type": "text"}),
+            json!({"type": "text", "text": " "}),
+        ] {
+            assert!(resolved(bad).unwrap_err().detail.contains("is required"));
+        }
+        assert!(resolved(json!({"type": "edge"})).is_ok());
+        assert!(resolved(json!({"type": "text", "text": "bye"})).is_ok());
     }
 }

@@ -28,8 +28,42 @@ type HmacSha256 = Hmac<Sha256>;
 /// The header Jelou signs with.
 pub const SIGNATURE_HEADER: &str = "x-jelou-signature";
 
-/// The events Jelou sends.
+/// The events Jelou sends, as the bridge names them (`jelou.<name>` on the bus).
 const EVENTS: &[&str] = &["conversation.start", "conversation.close", "message"];
+
+/// What kind of event a webhook body is. Lifecycle events carry a top-level `event`; a
+/// customer's message carries none and is told by `field`/`object`/`event_type`. None: a
+/// kind the bridge does not know.
+pub fn classify(payload: &Value) -> Option<&'static str> {
+    if let Some(event) = payload.get("event").and_then(Value::as_str) {
+        return EVENTS.iter().copied().find(|e| *e == event);
+    }
+    let text = |k: &str| payload.get(k).and_then(Value::as_str);
+    match (text("field"), text("object"), text("event_type")) {
+        (Some("messages" | "message"), Some("message_event"), Some("message")) => Some("message"),
+        (Some("conversation"), Some("conversation_event"), Some("start")) => {
+            Some("conversation.start")
+        }
+        (Some("conversation"), Some("conversation_event"), Some("close")) => {
+            Some("conversation.close")
+        }
+        _ => None,
+    }
+}
+
+/// How an unknown event names itself, for the log line and the metric.
+fn describe(payload: &Value) -> String {
+    let text = |k: &str| payload.get(k).and_then(Value::as_str).unwrap_or("-");
+    match payload.get("event").and_then(Value::as_str) {
+        Some(e) => format!("event={e}"),
+        None => format!(
+            "field={} object={} event_type={}",
+            text("field"),
+            text("object"),
+            text("event_type")
+        ),
+    }
+}
 
 /// `sha256=<hex>` of `body` keyed with `secret`.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
@@ -171,24 +205,12 @@ pub async fn handle(
             )
         }
     };
-    let event = match payload.get("event").and_then(Value::as_str) {
-        Some(e) if EVENTS.contains(&e) => e.to_string(),
-        Some(e) => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                "unknown_event",
-                "unknown",
-                &format!("unknown event {e:?}; expected one of {}", EVENTS.join(", ")),
-            )
-        }
-        None => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                "unknown",
-                "no `event` field",
-            )
-        }
+    let Some(event) = classify(&payload) else {
+        // Never 400: Jelou documents no retry, and a refused event would only be lost. The
+        // contract names no routing key for it, so it is not published.
+        let what = describe(&payload);
+        warn!(kind = %what, "webhook: an event of a kind the bridge does not know; ignored");
+        return reply(StatusCode::OK, "ignored", "unknown", "");
     };
     let conversation_id = payload.pointer("/conversation/id").and_then(value_text);
     // Lines about this event carry the ticket and the correlation id (the conversation), as
@@ -199,7 +221,7 @@ pub async fn handle(
         ticket_id = tracing::field::Empty,
         correlation_id = conversation_id.as_deref().unwrap_or(""),
     );
-    accept(&state, &event, conversation_id.as_deref(), &payload)
+    accept(&state, event, conversation_id.as_deref(), &payload)
         .instrument(span)
         .await
 }
@@ -325,7 +347,8 @@ async fn forward(
 ) -> Result<(), NotForwarded> {
     let noted = match (event, ticket_id, conversation_id) {
         ("conversation.start", Some(t), Some(c)) => {
-            state.store.note_conversation_started(t, c).await
+            let room = payload.get("room_id").and_then(Value::as_str);
+            state.store.note_conversation_started(t, c, room).await
         }
         ("conversation.close", _, Some(c)) => {
             let reason = payload.pointer("/value/reason").and_then(Value::as_str);
@@ -384,6 +407,37 @@ mod tests {
             b"{\"a\":1}",
             Some(sig.trim_start_matches("sha256="))
         ));
+    }
+
+    #[test]
+    fn events_are_told_apart_by_event_or_by_field_object_and_event_type() {
+        // A customer's message exactly as Jelou documents it: no `event` field.
+        let message = json!({"timestamp": 1, "field": "messages", "object": "message_event",
+            "event_type": "message", "project_id": "P", "room_id": "R", "contact": {"id": "U"},
+            "conversation": {"id": "C"}, "bot": {"id": "B"},
+            "value": {"id": "m-1", "type": "text", "content": {"body": "hola"}}});
+        assert_eq!(classify(&message), Some("message"));
+        assert_eq!(
+            classify(&json!({"event": "conversation.close", "field": "conversation"})),
+            Some("conversation.close")
+        );
+        assert_eq!(
+            classify(
+                &json!({"field": "conversation", "object": "conversation_event", "event_type": "start"})
+            ),
+            Some("conversation.start")
+        );
+        assert_eq!(classify(&json!({"event": "conversation.transfer"})), None);
+        assert_eq!(
+            classify(
+                &json!({"field": "statuses", "object": "message_event", "event_type": "read"})
+            ),
+            None
+        );
+        assert_eq!(
+            describe(&json!({"field": "statuses"})),
+            "field=statuses object=- event_type=-"
+        );
     }
 
     #[test]

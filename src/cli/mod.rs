@@ -88,6 +88,9 @@ struct MockArgs {
     /// Key for signing those webhooks.
     #[arg(long, env = "MOCK_JELOU_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
+    /// Answer every message sent to a conversation with a customer's message (a webhook).
+    #[arg(long)]
+    echo_messages: bool,
 }
 
 /// Runs the command line; the process's exit code.
@@ -279,21 +282,24 @@ async fn mock_jelou(settings: &Settings, args: MockArgs) -> anyhow::Result<ExitC
         MockOptions {
             start_path: settings.jelou.start_path.clone(),
             close_path: settings.jelou.close_path.clone(),
+            conversation_path: settings.jelou.conversation_path.clone(),
             latency: Duration::from_millis(args.latency_ms),
             fail_rate: args.fail_rate.clamp(0.0, 1.0),
             fail_status: args.fail_status,
             api_key: args.api_key,
-            basic: None,
             webhook,
+            echo_messages: args.echo_messages,
             record_calls: false,
+            ..MockOptions::default()
         },
     )
     .await?;
-    tracing::info!(listen = %mock.addr(), base_url = %mock.base_url(), "mock-jelou serving Jelou's start and close endpoints");
+    tracing::info!(listen = %mock.addr(), base_url = %mock.base_url(), messages_url = %mock.messages_url(), "mock-jelou serving Jelou's start, close, conversation and send-message endpoints");
     println!(
-        "mock-jelou listening on {} (set jelou.base_url = \"{}\")",
+        "mock-jelou listening on {} (set jelou.base_url = \"{}\" and jelou.messages_url = \"{}\")",
         mock.addr(),
-        mock.base_url()
+        mock.base_url(),
+        mock.messages_url()
     );
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal(stop.clone()));

@@ -16,6 +16,8 @@ use crate::config::Settings;
 pub enum Kind {
     Opened,
     Resolved,
+    /// An agent's message to the customer (`ticket.reply`, with --text).
+    Reply,
 }
 
 #[derive(Debug, clap::Args)]
@@ -35,9 +37,16 @@ pub struct PublishArgs {
     /// Jelou queue to assign (opened).
     #[arg(long)]
     queue: Option<String>,
-    /// initialMessage (opened) or closingMessage (resolved).
+    /// initialMessage (opened), closingMessage (resolved) or the message's text (reply).
     #[arg(long)]
     text: Option<String>,
+    /// The reply's messageId (reply; default: a fresh one).
+    #[arg(long)]
+    message_id: Option<String>,
+    /// After a reply's outcome, also wait this long for the customer's answer
+    /// (`jelou.message` of the ticket) and print it.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    wait_customer: Option<Duration>,
     /// How long to wait for the outcome.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -78,6 +87,18 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
             }
             ("ticket.resolved", body)
         }
+        Kind::Reply => {
+            let Some(text) = &args.text else {
+                eprintln!("jelou-bridge: publish reply needs --text");
+                return Ok(ExitCode::from(2));
+            };
+            let message_id = args
+                .message_id
+                .clone()
+                .unwrap_or_else(|| format!("M-{}", uuid::Uuid::new_v4().simple()));
+            let body = json!({"ticketId": args.ticket, "messageId": message_id, "text": text});
+            ("ticket.reply", body)
+        }
     };
     let conn = connection::connect(&settings.amqp, "jelou-bridge publish").await?;
     let publisher = Publisher::open(&conn, settings.amqp.confirm_timeout).await?;
@@ -85,6 +106,19 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
     let replies = conn.create_channel().await?;
     let (reply_queue, mut consumer) =
         crate::amqp::private_consumer(&replies, None, "jelou-bridge publish").await?;
+    // Bound before publishing, so the customer's answer cannot slip past.
+    let customer = match args.wait_customer {
+        Some(_) => Some(
+            crate::amqp::private_consumer(
+                &replies,
+                Some((&settings.amqp.events_exchange, "jelou.message")),
+                "jelou-bridge publish (customer)",
+            )
+            .await?
+            .1,
+        ),
+        None => None,
+    };
     let correlation_id = uuid::Uuid::new_v4().to_string();
     // What the helpdesk must set too: the sharded topology hashes this header (README, "Scaling out").
     let mut headers = FieldTable::default();
@@ -148,12 +182,43 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
         }
         let outcome: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
         println!("{}", serde_json::to_string_pretty(&outcome)?);
-        let _ = conn.close(200, "done".into()).await;
         let failed = outcome.get("event").and_then(Value::as_str) == Some("ticket.failed");
-        return Ok(if failed {
+        let mut answered = true;
+        if let (Some(consumer), Some(wait), false) = (customer, args.wait_customer, failed) {
+            answered = print_customer_answer(consumer, &args.ticket, wait).await?;
+        }
+        let _ = conn.close(200, "done".into()).await;
+        return Ok(if failed || !answered {
             ExitCode::from(1)
         } else {
             ExitCode::SUCCESS
         });
+    }
+}
+
+/// Prints the first `jelou.message` of `ticket` that arrives within `wait`; false if none.
+async fn print_customer_answer(
+    mut consumer: lapin::Consumer,
+    ticket: &str,
+    wait: Duration,
+) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let delivery = match tokio::time::timeout_at(deadline.into(), consumer.next()).await {
+            Ok(Some(d)) => d?,
+            _ => {
+                eprintln!(
+                    "(no message from the customer within {})",
+                    humantime::format_duration(wait)
+                );
+                return Ok(false);
+            }
+        };
+        let event: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
+        if event.get("ticketId").and_then(Value::as_str) == Some(ticket) {
+            println!("the customer answered:");
+            println!("{}", serde_json::to_string_pretty(&event)?);
+            return Ok(true);
+        }
     }
 }

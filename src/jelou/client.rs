@@ -11,13 +11,17 @@ use serde_json::Value;
 
 use super::error::JelouError;
 use crate::config::{JelouAuth, JelouSettings};
-use crate::ticket::{CloseRequest, StartRequest};
+use crate::ticket::{CloseRequest, MessageRequest, StartRequest};
 
 /// Which of Jelou's endpoints a call goes to (a metrics label too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Start,
     Close,
+    /// Send-message (an agent's reply to the customer).
+    Message,
+    /// Reading one conversation.
+    Conversation,
 }
 
 impl Endpoint {
@@ -25,6 +29,8 @@ impl Endpoint {
         match self {
             Endpoint::Start => "start",
             Endpoint::Close => "close",
+            Endpoint::Message => "message",
+            Endpoint::Conversation => "conversation",
         }
     }
 }
@@ -42,10 +48,31 @@ pub struct Closed {
     pub ended_reason: Option<String>,
 }
 
+/// Jelou's view of one conversation (`GET …/conversations/{id}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversation {
+    pub conversation_id: String,
+    pub room_id: Option<String>,
+    /// `active` or `closed`.
+    pub state: String,
+    pub ended_reason: Option<String>,
+}
+
+impl Conversation {
+    pub fn is_closed(&self) -> bool {
+        self.state == "closed"
+    }
+}
+
 pub struct JelouClient {
     http: reqwest::Client,
     start_url: reqwest::Url,
     close_url: reqwest::Url,
+    /// With `{conversationId}` still in it.
+    conversation_url: String,
+    messages_url: reqwest::Url,
+    /// Signs send-message bodies; none when no `webhook.signing_secret` is set.
+    signing_secret: Option<secrecy::SecretString>,
     /// The credentials header, built once and marked sensitive (never printed); none in a
     /// sandbox without credentials, where the stand-in does not check.
     auth: Option<(HeaderName, HeaderValue)>,
@@ -53,7 +80,11 @@ pub struct JelouClient {
 }
 
 impl JelouClient {
-    pub fn new(settings: &JelouSettings) -> anyhow::Result<Self> {
+    /// `signing_secret` signs agents' replies (`webhook.signing_secret`).
+    pub fn new(
+        settings: &JelouSettings,
+        signing_secret: Option<secrecy::SecretString>,
+    ) -> anyhow::Result<Self> {
         let project = settings.project_id.clone().unwrap_or_default();
         let url = |path: &str| {
             let url = format!(
@@ -104,10 +135,19 @@ impl JelouClient {
             .tcp_nodelay(true)
             .user_agent(concat!("jelou-bridge/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let conversation_url = format!(
+            "{}{}",
+            settings.base_url.trim_end_matches('/'),
+            settings.conversation_path.replace("{projectId}", &project)
+        );
         Ok(Self {
             http,
             start_url: url(&settings.start_path)?,
             close_url: url(&settings.close_path)?,
+            conversation_url,
+            messages_url: reqwest::Url::parse(&settings.messages_url)
+                .with_context(|| format!("jelou.messages_url {:?}", settings.messages_url))?,
+            signing_secret: signing_secret.filter(|s| !s.expose_secret().is_empty()),
             auth,
             timeout: settings.timeout,
         })
@@ -136,18 +176,81 @@ impl JelouClient {
         })
     }
 
-    /// POSTs `body`; a 2xx answer yields its `data` object (or `{}`), anything else an error.
+    /// Sends an agent's reply. The body is serialised once, and those exact bytes are signed
+    /// (`X-Jelou-Signature`) and sent; no API key goes with it.
+    pub async fn send_message(&self, req: &MessageRequest) -> Result<(), JelouError> {
+        let Some(secret) = &self.signing_secret else {
+            return Err(JelouError::NotConfigured(
+                "webhook.signing_secret is not set: Jelou's send-message endpoint takes only signed bodies",
+            ));
+        };
+        let body = serde_json::to_vec(req).map_err(|e| JelouError::Transport(e.to_string()))?;
+        let signature = crate::webhook::sign(secret.expose_secret().as_bytes(), &body);
+        let request = self
+            .http
+            .post(self.messages_url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(crate::webhook::SIGNATURE_HEADER, signature)
+            .body(body);
+        self.send(Endpoint::Message, request).await.map(|_| ())
+    }
+
+    /// Jelou's view of one conversation: its room and whether it is still active.
+    pub async fn conversation(&self, conversation_id: &str) -> Result<Conversation, JelouError> {
+        let url = self.conversation_url.replace(
+            "{conversationId}",
+            &url::form_urlencoded::byte_serialize(conversation_id.as_bytes()).collect::<String>(),
+        );
+        let url = reqwest::Url::parse(&url)
+            .map_err(|e| JelouError::Transport(format!("conversation URL {url:?}: {e}")))?;
+        let mut request = self.http.get(url);
+        if let Some((name, value)) = &self.auth {
+            request = request.header(name, value.clone());
+        }
+        let (status, data, raw) = self.send(Endpoint::Conversation, request).await?;
+        let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
+        // Jelou names the id `_id`; accept `id`/`conversationId` too.
+        let id = text("_id")
+            .or_else(|| text("id"))
+            .or_else(|| text("conversationId"));
+        match (id, text("state")) {
+            (Some(conversation_id), Some(state)) => Ok(Conversation {
+                conversation_id,
+                room_id: text("roomId"),
+                state,
+                ended_reason: text("endedReason"),
+            }),
+            _ => Err(JelouError::bad_response(
+                status,
+                "data._id and data.state",
+                &raw,
+            )),
+        }
+    }
+
+    /// POSTs `body` with the credentials; a 2xx answer yields its `data` object (or `{}`),
+    /// anything else an error.
     async fn post<B: serde::Serialize>(
         &self,
         endpoint: Endpoint,
         url: &reqwest::Url,
         body: &B,
     ) -> Result<(u16, Value, bytes::Bytes), JelouError> {
-        let started = Instant::now();
         let mut request = self.http.post(url.clone()).json(body);
         if let Some((name, value)) = &self.auth {
             request = request.header(name, value.clone());
         }
+        self.send(endpoint, request).await
+    }
+
+    /// Sends one request, counts and times it; a 2xx answer yields its `data` object (or
+    /// `{}`), anything else an error.
+    async fn send(
+        &self,
+        endpoint: Endpoint,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(u16, Value, bytes::Bytes), JelouError> {
+        let started = Instant::now();
         let result = async {
             let response = request.send().await.map_err(|e| self.transport_error(e))?;
             let status = response.status().as_u16();

@@ -33,6 +33,9 @@ pub enum JelouError {
     /// The bridge is shutting down; the delivery goes back to the queue.
     #[error("shutting down before the call could be made")]
     Shutdown,
+    /// The call cannot be made with this configuration (retrying will not help).
+    #[error("{0}")]
+    NotConfigured(&'static str),
 }
 
 impl JelouError {
@@ -41,7 +44,9 @@ impl JelouError {
         match self {
             JelouError::Transport(_) | JelouError::Timeout(_) => true,
             JelouError::Status { status, .. } => is_retryable_status(*status),
-            JelouError::BadResponse { .. } | JelouError::Shutdown => false,
+            JelouError::BadResponse { .. }
+            | JelouError::Shutdown
+            | JelouError::NotConfigured(_) => false,
         }
     }
 

@@ -1,10 +1,13 @@
-//! A local stand-in for Jelou's two external-support endpoints: `jelou-bridge mock-jelou`,
+//! A local stand-in for Jelou's external-support API: `jelou-bridge mock-jelou`,
 //! `run --sandbox`, the tests and the benchmark all talk to this real HTTP server.
 //!
-//! It answers like Jelou (same paths, bodies and error shapes), checks credentials when given
-//! some, and has switches for latency, random failures, scripted answers and outages. With a
-//! webhook target it also sends the signed `conversation.start`/`conversation.close` events
-//! Jelou would send.
+//! It behaves like Jelou as its docs show it: start, close (addressed by bot + user: one active
+//! conversation per bot and user, a new start replaces it), the read of one conversation
+//! (`_id`, `roomId`, `state`), and send-message (signed with the integration's secret, no API
+//! key). It checks credentials when given some, and has switches for latency, random
+//! failures, scripted answers and outages. With a webhook target it also sends the signed
+//! `conversation.start`/`conversation.close` events and customers' messages (which carry no
+//! `event` field) that Jelou would send.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -15,13 +18,16 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::client::Endpoint;
+
+/// Where Jelou serves send-message (on its own host).
+pub const MESSAGES_PATH: &str = "/v1/external-support/webhook";
 
 /// Where the stand-in sends Jelou-style webhooks, and the key it signs them with.
 #[derive(Debug, Clone)]
@@ -34,6 +40,18 @@ pub struct WebhookTarget {
 pub struct MockOptions {
     pub start_path: String,
     pub close_path: String,
+    /// The read of one conversation, with `{projectId}` and `{conversationId}`.
+    pub conversation_path: String,
+    /// The path of the send-message endpoint (Jelou serves it on another host).
+    pub messages_path: String,
+    /// The key send-message bodies must be signed with; else the webhook target's.
+    pub signing_secret: Option<String>,
+    /// A start for a bot + user with an active conversation answers that conversation
+    /// instead of replacing it (Jelou may do either).
+    pub reuse_active: bool,
+    /// Each message sent to a room is answered by its customer (a message webhook): what
+    /// the sandbox shows.
+    pub echo_messages: bool,
     /// Added to every answer.
     pub latency: Duration,
     /// Share of calls (0.0–1.0) answered with `fail_status`.
@@ -53,6 +71,12 @@ impl Default for MockOptions {
         Self {
             start_path: "/platform/v1/external-support/{projectId}/conversations/start".into(),
             close_path: "/jelouapi/v1/external-support/{projectId}/conversations/close".into(),
+            conversation_path:
+                "/jelouapi/v1/external-support/{projectId}/conversations/{conversationId}".into(),
+            messages_path: MESSAGES_PATH.into(),
+            signing_secret: None,
+            reuse_active: false,
+            echo_messages: false,
             latency: Duration::ZERO,
             fail_rate: 0.0,
             fail_status: 503,
@@ -94,9 +118,33 @@ pub struct RecordedCall {
     pub project_id: String,
     pub headers: HeaderMap,
     pub body: Value,
+    /// The body's bytes as received.
+    pub raw: Vec<u8>,
     pub at: Instant,
     /// The status it was answered with.
     pub status: u16,
+}
+
+/// One conversation as the stand-in keeps it.
+#[derive(Debug, Clone)]
+pub struct MockConversation {
+    pub id: String,
+    pub room_id: String,
+    pub bot_id: String,
+    pub user_id: String,
+    /// `active` or `closed`.
+    pub state: String,
+    pub ended_reason: Option<String>,
+    pub start_at: u64,
+    pub end_at: Option<u64>,
+}
+
+#[derive(Default)]
+struct Conversations {
+    /// Every conversation by id.
+    all: HashMap<String, MockConversation>,
+    /// The active conversation of each (botId, userId), as Jelou addresses a close.
+    active: HashMap<(String, String), String>,
 }
 
 struct MockState {
@@ -105,8 +153,7 @@ struct MockState {
     /// Every call answered with this status while set (an outage).
     down: Mutex<Option<u16>>,
     calls: Mutex<Vec<RecordedCall>>,
-    /// Active conversations by (botId, userId), as Jelou addresses a close.
-    active: Mutex<HashMap<(String, String), String>>,
+    conversations: Mutex<Conversations>,
     counter: AtomicU64,
     http: reqwest::Client,
 }
@@ -128,7 +175,7 @@ impl MockJelou {
             script: Mutex::new(VecDeque::new()),
             down: Mutex::new(None),
             calls: Mutex::new(Vec::new()),
-            active: Mutex::new(HashMap::new()),
+            conversations: Mutex::new(Conversations::default()),
             counter: AtomicU64::new(0),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -144,6 +191,14 @@ impl MockJelou {
                 &options.close_path.replace("{projectId}", "{project_id}"),
                 post(close),
             )
+            .route(
+                &options
+                    .conversation_path
+                    .replace("{projectId}", "{project_id}")
+                    .replace("{conversationId}", "{conversation_id}"),
+                get(read_conversation),
+            )
+            .route(&options.messages_path, post(send_message))
             .with_state(state.clone());
         let stop = CancellationToken::new();
         let stopped = stop.clone();
@@ -174,6 +229,11 @@ impl MockJelou {
         *self.state.down.lock().unwrap() = status;
     }
 
+    /// Where the stand-in sends its webhooks from now on (none: it sends none).
+    pub fn set_webhook(&self, target: Option<WebhookTarget>) {
+        self.state.options.lock().unwrap().webhook = target;
+    }
+
     pub fn set_latency(&self, latency: Duration) {
         self.state.options.lock().unwrap().latency = latency;
     }
@@ -187,6 +247,73 @@ impl MockJelou {
             .into_iter()
             .filter(|c| c.endpoint == endpoint)
             .collect()
+    }
+
+    /// What the send-message endpoint of this stand-in is (`jelou.messages_url`).
+    pub fn messages_url(&self) -> String {
+        let path = self.state.options.lock().unwrap().messages_path.clone();
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A conversation as the stand-in knows it.
+    pub fn conversation(&self, id: &str) -> Option<MockConversation> {
+        self.state
+            .conversations
+            .lock()
+            .unwrap()
+            .all
+            .get(id)
+            .cloned()
+    }
+
+    /// The conversations still active.
+    pub fn active_conversations(&self) -> Vec<MockConversation> {
+        let c = self.state.conversations.lock().unwrap();
+        c.active
+            .values()
+            .filter_map(|id| c.all.get(id).cloned())
+            .collect()
+    }
+
+    /// Closes a conversation as an operator would in Jelou's panel, and sends the
+    /// `conversation.close` webhook when a target is set. False if it was not active.
+    pub async fn close_by_operator(&self, id: &str) -> bool {
+        let event = {
+            let mut c = self.state.conversations.lock().unwrap();
+            let Some(conv) = c.all.get(id).cloned().filter(|c| c.state == "active") else {
+                return false;
+            };
+            c.active
+                .remove(&(conv.bot_id.clone(), conv.user_id.clone()));
+            end(&mut c, id, "closed_by_operator");
+            close_event(&conv, None)
+        };
+        self.deliver(event).await;
+        true
+    }
+
+    /// Sends a customer's message in conversation `id`, shaped as Jelou sends one (no
+    /// `event` field), to the webhook target. The webhook's HTTP status, if it answered.
+    pub async fn customer_message(&self, id: &str, value: Value) -> Option<u16> {
+        let conv = self.conversation(id)?;
+        self.deliver(message_event(&conv, value)).await
+    }
+
+    async fn deliver(&self, event: Value) -> Option<u16> {
+        let target = self.state.options.lock().unwrap().webhook.clone()?;
+        let project = self.project_of_calls();
+        send_webhook(self.state.http.clone(), target, project, event).await
+    }
+
+    /// The project id calls were made for (the webhook's `project_id`).
+    fn project_of_calls(&self) -> String {
+        self.state
+            .calls
+            .lock()
+            .unwrap()
+            .last()
+            .map(|c| c.project_id.clone())
+            .unwrap_or_else(|| "PROJECT_ID".into())
     }
 
     /// Calls answered so far, recorded or not.
@@ -223,6 +350,35 @@ async fn close(
     handle(state, Endpoint::Close, project_id, headers, body).await
 }
 
+async fn read_conversation(
+    State(state): State<Arc<MockState>>,
+    Path((project_id, conversation_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let body = json!({ "conversationId": conversation_id });
+    handle_value(
+        state,
+        Endpoint::Conversation,
+        project_id,
+        headers,
+        b"",
+        body,
+    )
+    .await
+}
+
+async fn send_message(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let project_id = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("project_id")?.as_str().map(str::to_string))
+        .unwrap_or_default();
+    handle(state, Endpoint::Message, project_id, headers, body).await
+}
+
 async fn handle(
     state: Arc<MockState>,
     endpoint: Endpoint,
@@ -230,29 +386,49 @@ async fn handle(
     headers: HeaderMap,
     raw: axum::body::Bytes,
 ) -> Response {
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    handle_value(state, endpoint, project_id, headers, &raw, body).await
+}
+
+async fn handle_value(
+    state: Arc<MockState>,
+    endpoint: Endpoint,
+    project_id: String,
+    headers: HeaderMap,
+    raw: &[u8],
+    body: Value,
+) -> Response {
     let n = state.counter.fetch_add(1, Ordering::Relaxed) + 1;
     let options = state.options.lock().unwrap().clone();
     if !options.latency.is_zero() {
         tokio::time::sleep(options.latency).await;
     }
-    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    let (status, response, webhook) = answer(&state, &options, endpoint, &headers, &body, n);
+    let (status, response, webhooks) = answer(&state, &options, endpoint, &headers, raw, &body, n);
     if options.record_calls {
         state.calls.lock().unwrap().push(RecordedCall {
             endpoint,
             project_id: project_id.clone(),
             headers,
             body,
+            raw: raw.to_vec(),
             at: Instant::now(),
             status: status.as_u16(),
         });
     }
-    if let (Some(target), Some(event)) = (options.webhook, webhook) {
+    if let Some(target) = options.webhook {
         let http = state.http.clone();
-        tokio::spawn(send_webhook(http, target, project_id, event));
+        tokio::spawn(async move {
+            // In order: a customer's answer comes after the event it answers.
+            for event in webhooks {
+                send_webhook(http.clone(), target.clone(), project_id.clone(), event).await;
+            }
+        });
     }
     response
 }
+
+/// What the stand-in answers, and the webhooks that follow.
+type Answer = (StatusCode, Response, Vec<Value>);
 
 /// Decides the answer: outage, script, auth, validation, random failure, then success.
 fn answer(
@@ -260,9 +436,10 @@ fn answer(
     options: &MockOptions,
     endpoint: Endpoint,
     headers: &HeaderMap,
+    raw: &[u8],
     body: &Value,
     n: u64,
-) -> (StatusCode, Response, Option<Value>) {
+) -> Answer {
     if let Some(status) = *state.down.lock().unwrap() {
         return error(status, None, "Service unavailable");
     }
@@ -279,64 +456,214 @@ fn answer(
             if let Some(ra) = s.retry_after.and_then(|v| v.parse().ok()) {
                 resp.headers_mut().insert(reqwest::header::RETRY_AFTER, ra);
             }
-            return (status, resp, None);
+            return (status, resp, Vec::new());
         }
     }
-    if !authorized(options, headers) {
+    if endpoint == Endpoint::Message {
+        // Send-message takes no API key: the body's signature is its credential.
+        let secret = options
+            .signing_secret
+            .clone()
+            .or_else(|| options.webhook.as_ref().map(|w| w.secret.clone()));
+        let signature = headers
+            .get(crate::webhook::SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let Some(secret) = secret {
+            if !crate::webhook::verify(secret.as_bytes(), raw, signature) {
+                return error(401, None, "Invalid signature");
+            }
+        }
+    } else if !authorized(options, headers) {
         return error(401, None, "Invalid or missing credentials");
     }
-    let field = |k: &str| {
-        body.get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
-    let (Some(bot), Some(user)) = (field("botId"), field("userId")) else {
-        return error(422, None, "botId and userId are required");
-    };
-    if options.fail_rate > 0.0 && fastrand::f64() < options.fail_rate {
-        return error(options.fail_status, None, "Injected failure");
-    }
-    let key = (bot.to_string(), user.to_string());
     match endpoint {
-        Endpoint::Start => {
+        Endpoint::Conversation => read(state, body),
+        Endpoint::Message => message(state, options, body),
+        Endpoint::Start | Endpoint::Close => {
+            let field = |k: &str| {
+                body.get(k)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+            };
+            let (Some(bot), Some(user)) = (field("botId"), field("userId")) else {
+                return error(422, None, "botId and userId are required");
+            };
+            if options.fail_rate > 0.0 && fastrand::f64() < options.fail_rate {
+                return error(options.fail_status, None, "Injected failure");
+            }
+            if endpoint == Endpoint::Start {
+                start_conversation(state, options, body, bot, user, n)
+            } else {
+                close_conversation(state, body, bot, user)
+            }
+        }
+    }
+}
+
+/// One active conversation per bot + user: a start replaces the active one (or, with
+/// `reuse_active`, answers it).
+fn start_conversation(
+    state: &MockState,
+    options: &MockOptions,
+    body: &Value,
+    bot: &str,
+    user: &str,
+    n: u64,
+) -> Answer {
+    let key = (bot.to_string(), user.to_string());
+    let mut c = state.conversations.lock().unwrap();
+    let current = c.active.get(&key).cloned();
+    let conv = match current {
+        Some(id) if options.reuse_active => c.all[&id].clone(),
+        current => {
+            if let Some(old) = current {
+                end(&mut c, &old, "replaced");
+            }
             let ticket = body.pointer("/metadata/ticketId").and_then(Value::as_str);
             let id = match ticket {
                 Some(t) => format!("conv-{t}-{n}"),
                 None => format!("conv-{n}"),
             };
-            state.active.lock().unwrap().insert(key, id.clone());
-            let webhook = json!({
-                "event": "conversation.start", "timestamp": now_ms(), "field": "conversation",
-                "object": "conversation_event", "event_type": "start",
-                "room_id": format!("room-{n}"), "contact": {"id": user, "name": user},
-                "conversation": {"id": id, "assignment": body.get("assignment")},
-                "bot": {"id": bot, "name": bot},
-                "value": {"initial_message": body.get("initialMessage"), "metadata": body.get("metadata")},
-            });
-            let resp = json!({
-                "message": ["Conversation started successfully"], "statusMessage": "success", "status": 1,
-                "data": {"conversationId": id, "botId": bot, "userId": user, "status": "active"},
-            });
-            (StatusCode::OK, Json(resp).into_response(), Some(webhook))
-        }
-        Endpoint::Close => {
-            let Some(id) = state.active.lock().unwrap().remove(&key) else {
-                return error(404, None, "No active conversation for this bot and user");
+            let conv = MockConversation {
+                id: id.clone(),
+                room_id: format!("room-{n}"),
+                bot_id: bot.to_string(),
+                user_id: user.to_string(),
+                state: "active".into(),
+                ended_reason: None,
+                start_at: now_ms(),
+                end_at: None,
             };
-            let webhook = json!({
-                "event": "conversation.close", "timestamp": now_ms(), "field": "conversation",
-                "object": "conversation_event", "event_type": "close",
-                "room_id": format!("room-{n}"), "contact": {"id": user, "name": user},
-                "conversation": {"id": id}, "bot": {"id": bot, "name": bot},
-                "value": {"reason": "closed_by_operator", "redirectPayload": body.get("redirectPayload")},
-            });
-            let resp = json!({
-                "message": ["Conversation closed successfully"], "statusMessage": "success", "status": 1,
-                "data": {"conversationId": id, "status": "closed", "endedReason": "closed_by_operator"},
-            });
-            (StatusCode::OK, Json(resp).into_response(), Some(webhook))
+            c.all.insert(id.clone(), conv.clone());
+            c.active.insert(key, id);
+            conv
         }
+    };
+    drop(c);
+    let webhook = json!({
+        "event": "conversation.start", "timestamp": now_ms(), "field": "conversation",
+        "object": "conversation_event", "event_type": "start",
+        "room_id": conv.room_id, "contact": {"id": user, "name": user},
+        "conversation": {"id": conv.id, "assignment": body.get("assignment")},
+        "bot": {"id": bot, "name": bot},
+        "value": {"initial_message": body.get("initialMessage"), "metadata": body.get("metadata")},
+    });
+    let resp = json!({
+        "message": ["Conversation started successfully"], "statusMessage": "success", "status": 1,
+        "data": {"conversationId": conv.id, "botId": bot, "userId": user, "status": "active"},
+    });
+    (StatusCode::OK, Json(resp).into_response(), vec![webhook])
+}
+
+fn close_conversation(state: &MockState, body: &Value, bot: &str, user: &str) -> Answer {
+    let mut c = state.conversations.lock().unwrap();
+    let Some(id) = c.active.remove(&(bot.to_string(), user.to_string())) else {
+        return error(404, None, "No active conversation for this bot and user");
+    };
+    end(&mut c, &id, "closed_by_operator");
+    let conv = c.all[&id].clone();
+    drop(c);
+    let webhook = close_event(&conv, body.get("redirectPayload"));
+    let resp = json!({
+        "message": ["Conversation closed successfully"], "statusMessage": "success", "status": 1,
+        "data": {"conversationId": id, "status": "closed", "endedReason": "closed_by_operator"},
+    });
+    (StatusCode::OK, Json(resp).into_response(), vec![webhook])
+}
+
+/// `GET …/conversations/{id}` as Jelou answers it: `_id`, `roomId`, `state`, `User`, `Bot`.
+fn read(state: &MockState, body: &Value) -> Answer {
+    let id = body["conversationId"].as_str().unwrap_or_default();
+    let Some(conv) = state.conversations.lock().unwrap().all.get(id).cloned() else {
+        return error(404, None, "Conversation not found");
+    };
+    let mut data = json!({
+        "_id": conv.id, "roomId": conv.room_id, "state": conv.state, "startAt": conv.start_at,
+        "User": {"id": conv.user_id, "names": conv.user_id, "referenceId": conv.user_id},
+        "Bot": {"id": conv.bot_id, "name": conv.bot_id},
+    });
+    if let Some(end_at) = conv.end_at {
+        data["endAt"] = json!(end_at);
+        data["endedReason"] = json!(conv.ended_reason);
     }
+    let resp = json!({"message": ["Conversation found"], "statusMessage": "success", "status": 1, "data": data});
+    (StatusCode::OK, Json(resp).into_response(), Vec::new())
+}
+
+/// Send-message: the documented snake_case body into an active conversation's room.
+fn message(state: &MockState, options: &MockOptions, body: &Value) -> Answer {
+    let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default();
+    let fixed = text("field") == "messages"
+        && text("object") == "message_event"
+        && text("event_type") == "incoming_message";
+    let value = body.get("value").cloned().unwrap_or(Value::Null);
+    let well_formed = fixed
+        && ["project_id", "room_id", "bot_id", "user_id"]
+            .iter()
+            .all(|k| !text(k).is_empty())
+        && value.get("id").and_then(Value::as_str).is_some()
+        && value.get("type").and_then(Value::as_str).is_some()
+        && value.get("content").is_some_and(Value::is_object);
+    if !well_formed {
+        return error(422, None, "Invalid message body");
+    }
+    let conv = {
+        let c = state.conversations.lock().unwrap();
+        c.all
+            .values()
+            .find(|conv| conv.room_id == text("room_id"))
+            .cloned()
+    };
+    let Some(conv) = conv.filter(|c| c.state == "active") else {
+        return error(404, None, "No active conversation in this room");
+    };
+    if conv.bot_id != text("bot_id") || conv.user_id != text("user_id") {
+        return error(422, None, "bot_id and user_id do not match the room");
+    }
+    let mut webhooks = Vec::new();
+    if options.echo_messages {
+        let said = value.pointer("/content/body").and_then(Value::as_str);
+        let answer = match said {
+            Some(t) => format!("(customer) Gracias, recibí: {t}"),
+            None => "(customer) Gracias, recibí el archivo".to_string(),
+        };
+        webhooks.push(message_event(
+            &conv,
+            json!({"id": format!("wamid-{}", uuid::Uuid::new_v4().simple()), "type": "text",
+                   "content": {"body": answer}}),
+        ));
+    }
+    let resp = json!({"message": ["Message processed"], "statusMessage": "success", "status": 1});
+    (StatusCode::OK, Json(resp).into_response(), webhooks)
+}
+
+fn end(c: &mut Conversations, id: &str, reason: &str) {
+    if let Some(conv) = c.all.get_mut(id) {
+        conv.state = "closed".into();
+        conv.ended_reason = Some(reason.into());
+        conv.end_at = Some(now_ms());
+    }
+}
+
+fn close_event(conv: &MockConversation, redirect: Option<&Value>) -> Value {
+    json!({
+        "event": "conversation.close", "timestamp": now_ms(), "field": "conversation",
+        "object": "conversation_event", "event_type": "close",
+        "room_id": conv.room_id, "contact": {"id": conv.user_id, "name": conv.user_id},
+        "conversation": {"id": conv.id}, "bot": {"id": conv.bot_id, "name": conv.bot_id},
+        "value": {"reason": "closed_by_operator", "redirectPayload": redirect},
+    })
+}
+
+/// A customer's message as Jelou sends it: no `event` field.
+fn message_event(conv: &MockConversation, value: Value) -> Value {
+    json!({
+        "timestamp": now_ms(), "field": "messages", "object": "message_event",
+        "event_type": "message", "room_id": conv.room_id,
+        "contact": {"id": conv.user_id, "name": conv.user_id},
+        "conversation": {"id": conv.id}, "bot": {"id": conv.bot_id, "name": conv.bot_id},
+        "value": value,
+    })
 }
 
 fn authorized(options: &MockOptions, headers: &HeaderMap) -> bool {
@@ -357,17 +684,13 @@ fn authorized(options: &MockOptions, headers: &HeaderMap) -> bool {
     true
 }
 
-fn error(
-    status: u16,
-    retry_after: Option<&str>,
-    message: &str,
-) -> (StatusCode, Response, Option<Value>) {
+fn error(status: u16, retry_after: Option<&str>, message: &str) -> Answer {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (code, Json(error_body(status, message))).into_response();
     if let Some(ra) = retry_after.and_then(|v| v.parse().ok()) {
         resp.headers_mut().insert(reqwest::header::RETRY_AFTER, ra);
     }
-    (code, resp, None)
+    (code, resp, Vec::new())
 }
 
 /// Jelou's documented error shape.
@@ -387,12 +710,13 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Posts one signed event to the webhook target; its HTTP status, if it answered.
 async fn send_webhook(
     http: reqwest::Client,
     target: WebhookTarget,
     project_id: String,
     mut event: Value,
-) {
+) -> Option<u16> {
     event["project_id"] = Value::String(project_id);
     let body = event.to_string();
     let signature = crate::webhook::sign(target.secret.as_bytes(), body.as_bytes());
@@ -403,7 +727,11 @@ async fn send_webhook(
         .body(body)
         .send()
         .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "mock-jelou: webhook delivery failed");
+    match result {
+        Ok(resp) => Some(resp.status().as_u16()),
+        Err(e) => {
+            tracing::warn!(error = %e, "mock-jelou: webhook delivery failed");
+            None
+        }
     }
 }

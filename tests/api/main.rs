@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod failures;
 mod health;
+mod messages;
 mod sharding;
 mod store;
 mod tickets;

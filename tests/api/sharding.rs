@@ -199,6 +199,7 @@ fn assert_jelou_saw_each_ticket_in_order(mock: &MockJelou, tickets: &[String]) {
         let seen = match call.endpoint {
             Endpoint::Start => &mut started_at,
             Endpoint::Close => &mut closed_at,
+            other => panic!("no {other:?} call expected"),
         };
         assert!(
             seen.insert(ticket.clone(), i).is_none(),

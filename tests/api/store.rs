@@ -370,18 +370,12 @@ async fn a_failed_close_leaves_the_conversation_active(backend: Backend) {
 async fn jelou_webhooks_update_tickets(backend: Backend) {
     let (a, b) = backend.pair(LEASE).await;
     claimed(&a, "T-1").await;
-    b.note_conversation_started("T-1", "conv-hook")
+    b.note_conversation_started("T-1", "conv-hook", Some("room-hook"))
         .await
         .unwrap();
-    assert_eq!(
-        a.get("T-1")
-            .await
-            .unwrap()
-            .unwrap()
-            .conversation_id
-            .as_deref(),
-        Some("conv-hook")
-    );
+    let row = a.get("T-1").await.unwrap().unwrap();
+    assert_eq!(row.conversation_id.as_deref(), Some("conv-hook"));
+    assert_eq!(row.room_id.as_deref(), Some("room-hook"));
     a.finish_start("T-1", "conv-hook").await.unwrap();
     started(&a, "T-2", "conv-2").await;
 

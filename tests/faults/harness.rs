@@ -715,6 +715,7 @@ pub fn calls_per_ticket(
             Endpoint::Close => call.body["userId"]
                 .as_str()
                 .map(|u| u.replacen("U-", "T-", 1)),
+            Endpoint::Message | Endpoint::Conversation => None,
         };
         if let Some(t) = ticket {
             out.entry(t).or_default().push(call);

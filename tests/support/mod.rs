@@ -284,6 +284,16 @@ pub async fn scrape_metric(http: &str, name: &str, labels: &[&str]) -> f64 {
 }
 
 /// A bridge running in this process against a stand-in for Jelou.
+/// The key the tests' webhooks and send-message calls are signed with.
+pub const SIGNING_SECRET: &str = "whsec-test-5d1c";
+
+/// Settings and stand-in for both directions of messages: the bridge and the stand-in share
+/// [`SIGNING_SECRET`] (the stand-in checks send-message signatures with it).
+pub fn signed(settings: &mut Settings, mock: &mut MockOptions) {
+    settings.webhook.signing_secret = Some(SecretString::from(SIGNING_SECRET));
+    mock.signing_secret = Some(SIGNING_SECRET.into());
+}
+
 pub struct TestApp {
     pub settings: Settings,
     pub mock: MockJelou,
@@ -313,6 +323,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings, &mut MockOptio
         .await
         .unwrap();
     settings.jelou.base_url = mock.base_url();
+    settings.jelou.messages_url = mock.messages_url();
     let bus = Bus::new(&settings).await;
     let app = Application::build(settings.clone(), false)
         .await
@@ -350,6 +361,15 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Points the stand-in's webhooks (signed with [`SIGNING_SECRET`]) at this bridge.
+    pub fn connect_webhooks(&self) {
+        self.mock
+            .set_webhook(Some(jelou_bridge::jelou::mock::WebhookTarget {
+                url: format!("{}/webhooks/jelou", self.http),
+                secret: SIGNING_SECRET.into(),
+            }));
     }
 
     pub fn dead_queue(&self) -> String {
