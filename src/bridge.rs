@@ -21,9 +21,12 @@ use crate::amqp::topology::delay_queue;
 use crate::amqp::{header_i64, header_str, headers, set_i64, set_str};
 use crate::config::Settings;
 use crate::events::{Failure, FailureReason, Outcome};
+use crate::jelou::client::Conversation;
 use crate::jelou::retry::RetryPolicy;
 use crate::jelou::{Endpoint, JelouClient, JelouError};
-use crate::store::{now_ms, CloseClaim, MessageClaim, StartClaim, Store, TicketState};
+use crate::lanes::{LanePlace, TicketLanes};
+use crate::ownership::{self, ClosePlan, Reopened};
+use crate::store::{now_ms, CloseClaim, MessageClaim, StartClaim, Store, TicketState, SUPERSEDED};
 use crate::ticket::{
     self, close_request, message_request, start_request, InvalidMessage, Recipient, TicketEvent,
     TicketOpened, TicketReply, TicketResolved,
@@ -47,22 +50,45 @@ pub struct Inbound {
     pub first_seen: i64,
     /// Jelou calls made for it on earlier passes.
     pub prior_attempts: u32,
+    /// Not to be tried before this time (ms since the epoch): a `Retry-After` longer than
+    /// every delay tier.
+    pub not_before: Option<i64>,
+    /// A conversation an earlier pass had from Jelou but could not record.
+    pub conversation_id: Option<String>,
 }
 
 impl Inbound {
     /// Takes the body out of the delivery (only its acker is needed afterwards).
     pub fn from_delivery(delivery: &mut Delivery, source_queue: &str) -> Inbound {
         let h = delivery.properties.headers().as_ref();
+        let now = now_ms();
         Inbound {
             routing_key: header_str(h, headers::ORIGINAL_ROUTING_KEY)
                 .unwrap_or_else(|| delivery.routing_key.as_str().to_string()),
             body: std::mem::take(&mut delivery.data),
             properties: delivery.properties.clone(),
             source_queue: source_queue.to_string(),
-            parked: header_i64(h, headers::PARKED).unwrap_or(0),
-            first_seen: header_i64(h, headers::FIRST_SEEN).unwrap_or_else(now_ms),
-            prior_attempts: header_i64(h, headers::ATTEMPTS).unwrap_or(0).max(0) as u32,
+            // Headers from the bus are input too: counts are clamped, and a first sighting
+            // in the future (a skewed clock, a hand-made header) is taken as now, so the
+            // total budget cannot be switched off.
+            parked: header_i64(h, headers::PARKED)
+                .unwrap_or(0)
+                .clamp(0, 1 << 30),
+            first_seen: header_i64(h, headers::FIRST_SEEN)
+                .filter(|t| *t > 0)
+                .map_or(now, |t| t.min(now)),
+            prior_attempts: header_i64(h, headers::ATTEMPTS)
+                .unwrap_or(0)
+                .clamp(0, i64::from(u32::MAX / 2)) as u32,
+            not_before: header_i64(h, headers::NOT_BEFORE).filter(|t| *t > now),
+            conversation_id: header_str(h, headers::CONVERSATION_ID).filter(|c| !c.is_empty()),
         }
+    }
+
+    /// How long until the message may be tried (a long `Retry-After`), if it is still to come.
+    pub fn not_before_in(&self) -> Option<Duration> {
+        let left = self.not_before? - now_ms();
+        (left > 0).then(|| Duration::from_millis(left as u64))
     }
 
     /// The inbound `correlation_id`, else its `message_id`.
@@ -91,16 +117,41 @@ pub enum Decision {
     /// Publish `ticket.failed`, dead-letter the message, then ack.
     Failed(Failure),
     /// Not done yet: park the message in a delay queue, then ack.
-    Park {
-        action: &'static str,
-        error: String,
-        http_status: Option<u16>,
-        attempts: u32,
-        retry_after: Option<Duration>,
-    },
+    Park(Parking),
     /// Shutting down: give it back to the queue untouched.
     Requeue,
 }
+
+/// Why and how a message waits in a delay queue before its next pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parking {
+    pub action: &'static str,
+    pub error: String,
+    pub http_status: Option<u16>,
+    /// Jelou calls made for the message so far.
+    pub attempts: u32,
+    /// Jelou's `Retry-After`: the park lasts at least this long.
+    pub retry_after: Option<Duration>,
+    /// A conversation Jelou opened that the store could not record: the next pass records
+    /// it instead of starting again.
+    pub conversation_id: Option<String>,
+}
+
+impl Parking {
+    pub fn new(action: &'static str, error: String, attempts: u32) -> Parking {
+        Parking {
+            action,
+            error,
+            http_status: None,
+            attempts,
+            retry_after: None,
+            conversation_id: None,
+        }
+    }
+}
+
+/// `endedReason` of a ticket resolved before the bridge ever started it.
+pub const NEVER_STARTED: &str = "never_started";
 
 pub struct Bridge {
     pub settings: Arc<Settings>,
@@ -109,6 +160,10 @@ pub struct Bridge {
     policy: RetryPolicy,
     /// Cancelled when the process begins to shut down; waits and retries end early.
     shutdown: CancellationToken,
+    /// One start or close at a time per (bot, user) in this process: Jelou keeps one active
+    /// conversation per bot and user and closes by bot + user, so two tickets of one user
+    /// must not race their calls. Owned by the bridge; entries live while a call is made.
+    conversations: Arc<TicketLanes>,
 }
 
 impl Bridge {
@@ -124,6 +179,7 @@ impl Bridge {
             jelou,
             store,
             shutdown,
+            conversations: Arc::default(),
         }
     }
 
@@ -133,6 +189,21 @@ impl Bridge {
         event: &Result<TicketEvent, InvalidMessage>,
         msg: &Inbound,
     ) -> Decision {
+        if let (Ok(e), Some(wait)) = (event, msg.not_before_in()) {
+            // Jelou asked for more time than the longest delay tier: park again, no call.
+            let parking = Parking {
+                http_status: Some(429),
+                ..Parking::new(
+                    e.kind().action(),
+                    format!(
+                        "Jelou asked to wait {} more",
+                        humantime::format_duration(Duration::from_secs(wait.as_secs()))
+                    ),
+                    msg.prior_attempts,
+                )
+            };
+            return self.within_budget(Decision::Park(parking), event, msg);
+        }
         let decision = match event {
             Err(invalid) => Decision::Failed(Failure {
                 ticket_id: invalid.ticket_id.clone(),
@@ -157,13 +228,13 @@ impl Bridge {
         event: &Result<TicketEvent, InvalidMessage>,
         msg: &Inbound,
     ) -> Decision {
-        let Decision::Park {
+        let Decision::Park(Parking {
             action,
             error,
             http_status,
             attempts,
             ..
-        } = &decision
+        }) = &decision
         else {
             return decision;
         };
@@ -191,26 +262,39 @@ impl Bridge {
             Err(missing) => return invalid(&t.ticket_id, "start", &missing.0, msg),
         };
         let waited = Instant::now();
-        loop {
+        let learned = loop {
             match self
                 .store
                 .claim_start(&t.ticket_id, &req.bot_id, &req.user_id)
                 .await
             {
                 Err(e) => return park_store("start", e, msg),
-                Ok(StartClaim::Claimed) => break,
+                Ok(StartClaim::Claimed {
+                    learned_conversation,
+                }) => break learned_conversation,
                 Ok(StartClaim::AlreadyStarted(r)) => {
-                    info!(
-                        conversation_id = r.conversation_id.as_deref(),
-                        "ticket already started: no second start call"
-                    );
-                    metrics::counter!("jelou_bridge_duplicates_absorbed_total", "event" => "ticket.opened").increment(1);
-                    return Decision::Done(Outcome::started(
-                        &t.ticket_id,
-                        r.conversation_id.as_deref().unwrap_or_default(),
-                        r.bot_id.as_deref().unwrap_or(&req.bot_id),
-                        r.user_id.as_deref().unwrap_or(&req.user_id),
-                    ));
+                    return match ownership::reopened(&r) {
+                        Reopened::Started { conversation_id } => {
+                            info!(
+                                conversation_id = %conversation_id,
+                                "ticket already started: no second start call"
+                            );
+                            metrics::counter!("jelou_bridge_duplicates_absorbed_total", "event" => "ticket.opened").increment(1);
+                            Decision::Done(Outcome::started(
+                                &t.ticket_id,
+                                &conversation_id,
+                                r.bot_id.as_deref().unwrap_or(&req.bot_id),
+                                r.user_id.as_deref().unwrap_or(&req.user_id),
+                            ))
+                        }
+                        Reopened::AlreadyResolved => failure(
+                            &t.ticket_id,
+                            "start",
+                            FailureReason::AlreadyResolved,
+                            "the ticket was resolved before it was started: no conversation is opened for it",
+                            msg.prior_attempts,
+                        ),
+                    };
                 }
                 Ok(StartClaim::Busy(_)) => {
                     if waited.elapsed() >= self.settings.store.unknown_ticket_wait {
@@ -227,6 +311,18 @@ impl Bridge {
                     }
                 }
             }
+        };
+        // One start or close at a time per bot + user: a start may replace the user's
+        // conversation, so the order of the calls is the order the store records.
+        let _turn = self.conversation_turn(&req.bot_id, &req.user_id).await;
+        // An earlier start's answer was lost, but the store learned its conversation (the
+        // start webhook, or a pass that could not record Jelou's answer): no second call.
+        if let Some(conversation_id) = learned.or_else(|| msg.conversation_id.clone()) {
+            info!(conversation_id = %conversation_id, "the conversation of an earlier start is known: no second start call");
+            metrics::counter!("jelou_bridge_starts_reconciled_total").increment(1);
+            return self
+                .record_start(t, &req, conversation_id, msg.prior_attempts)
+                .await;
         }
         let attempted = self
             .policy
@@ -235,41 +331,61 @@ impl Bridge {
         let attempts = msg.prior_attempts + attempted.attempts;
         match attempted.result {
             Ok(started) => {
-                let conversation_id = match self
-                    .store
-                    .finish_start(&t.ticket_id, &started.conversation_id)
+                self.record_start(t, &req, started.conversation_id, attempts)
                     .await
-                {
-                    Ok(record) => {
-                        let stored = record
-                            .conversation_id
-                            .unwrap_or_else(|| started.conversation_id.clone());
-                        if stored != started.conversation_id {
-                            warn!(stored = %stored, ours = %started.conversation_id,
-                                "another process recorded a conversation for this ticket first");
-                        }
-                        stored
-                    }
-                    Err(e) => {
-                        // The conversation exists: report it. Only a duplicate of this message
-                        // could now start a second one.
-                        error!(error = %e, "conversation started but the store could not record it");
-                        started.conversation_id.clone()
-                    }
-                };
-                info!(conversation_id = %conversation_id, attempts, "conversation started");
-                Decision::Done(Outcome::started(
-                    &t.ticket_id,
-                    &conversation_id,
-                    &req.bot_id,
-                    &req.user_id,
-                ))
             }
             Err(e) => {
                 self.unsuccessful(Endpoint::Start, &t.ticket_id, e, attempts)
                     .await
             }
         }
+    }
+
+    /// Records the conversation a start opened (superseding the user's earlier tickets'
+    /// conversations it replaced) and publishes it. When the store cannot record it, the
+    /// message is parked carrying the conversation id, so the next pass records it without
+    /// a second start call.
+    async fn record_start(
+        &self,
+        t: &TicketOpened,
+        req: &ticket::StartRequest,
+        conversation_id: String,
+        attempts: u32,
+    ) -> Decision {
+        let recorded = self
+            .store_retry(|| self.store.finish_start(&t.ticket_id, &conversation_id))
+            .await;
+        let conversation_id = match recorded {
+            Ok(record) => {
+                let stored = record
+                    .conversation_id
+                    .unwrap_or_else(|| conversation_id.clone());
+                if stored != conversation_id {
+                    warn!(stored = %stored, ours = %conversation_id,
+                        "another process recorded a conversation for this ticket first");
+                }
+                stored
+            }
+            Err(e) => {
+                error!(error = %e, conversation_id = %conversation_id,
+                    "conversation started but the store could not record it; parking the message with its id");
+                return Decision::Park(Parking {
+                    conversation_id: Some(conversation_id),
+                    ..Parking::new(
+                        "start",
+                        format!("recording the start failed: {e}"),
+                        attempts,
+                    )
+                });
+            }
+        };
+        info!(conversation_id = %conversation_id, attempts, "conversation started");
+        Decision::Done(Outcome::started(
+            &t.ticket_id,
+            &conversation_id,
+            &req.bot_id,
+            &req.user_id,
+        ))
     }
 
     async fn resolved(&self, t: &TicketResolved, msg: &Inbound) -> Decision {
@@ -295,21 +411,19 @@ impl Bridge {
                     ));
                 }
                 CloseClaim::StartFailed(r) => {
-                    return Decision::Failed(Failure {
-                        ticket_id: Some(t.ticket_id.clone()),
-                        action: Some("close"),
-                        reason: FailureReason::UnknownTicket,
-                        http_status: None,
-                        error: format!(
+                    return failure(
+                        &t.ticket_id,
+                        "close",
+                        FailureReason::UnknownTicket,
+                        &format!(
                             "the ticket's conversation was never started ({})",
                             r.last_error.as_deref().unwrap_or("its start failed")
                         ),
-                        response: None,
-                        attempts: msg.prior_attempts,
-                    });
+                        msg.prior_attempts,
+                    );
                 }
                 CloseClaim::Pending(r) if !patience_left => {
-                    let what = if r.state == crate::store::TicketState::Starting {
+                    let what = if r.state == TicketState::Starting {
                         "waiting for the ticket's start to complete"
                     } else {
                         "another bridge process is closing this ticket"
@@ -321,30 +435,32 @@ impl Bridge {
                         .bot_id
                         .as_deref()
                         .or(self.settings.jelou.bot_id.as_deref());
-                    match (bot, t.user_id.as_deref()) {
-                        (Some(bot), Some(user)) => match self
-                            .store
-                            .claim_close_unknown(&t.ticket_id, bot, user)
-                            .await
-                        {
-                            Ok(CloseClaim::Claimed(r)) => break r,
-                            Ok(_) => continue,
-                            Err(e) => return park_store("close", e, msg),
-                        },
-                        _ => {
-                            return Decision::Failed(Failure {
-                                ticket_id: Some(t.ticket_id.clone()),
-                                action: Some("close"),
-                                reason: FailureReason::UnknownTicket,
-                                http_status: None,
-                                error: format!(
+                    let claimed = match (bot, t.user_id.as_deref()) {
+                        (Some(bot), Some(user)) => {
+                            self.store
+                                .claim_close_unknown(&t.ticket_id, bot, user)
+                                .await
+                        }
+                        // Recorded as resolved all the same: a later ticket.opened for it
+                        // makes no start call.
+                        _ => self.store.resolve_unstarted(&t.ticket_id).await,
+                    };
+                    match claimed {
+                        Ok(CloseClaim::Claimed(r)) => break r,
+                        Ok(CloseClaim::Unknown) => {
+                            return failure(
+                                &t.ticket_id,
+                                "close",
+                                FailureReason::UnknownTicket,
+                                &format!(
                                     "the bridge never started this ticket and the message gives no userId/botId (waited {})",
                                     humantime::format_duration(self.settings.store.unknown_ticket_wait)
                                 ),
-                                response: None,
-                                attempts: msg.prior_attempts,
-                            });
+                                msg.prior_attempts,
+                            )
                         }
+                        Ok(_) => continue,
+                        Err(e) => return park_store("close", e, msg),
                     }
                 }
                 CloseClaim::Pending(_) | CloseClaim::Unknown => {
@@ -366,31 +482,183 @@ impl Bridge {
                 return invalid(&t.ticket_id, "close", &missing.0, msg);
             }
         };
+        let _turn = self.conversation_turn(&req.bot_id, &req.user_id).await;
+        let mut attempts = msg.prior_attempts;
+        let others = match self
+            .store
+            .open_tickets_of(&req.bot_id, &req.user_id, &t.ticket_id)
+            .await
+        {
+            Ok(others) => others,
+            Err(e) => {
+                self.release(&t.ticket_id, Some(&e.to_string())).await;
+                return park_store("close", e, msg);
+            }
+        };
+        match ownership::plan_close(&record, &others) {
+            ClosePlan::Call => {}
+            ClosePlan::Shared { conversation_id } => {
+                info!(conversation_id = %conversation_id, "another open ticket shares this conversation: closed without a call");
+                return self
+                    .record_close(t, Some(&conversation_id), Some(ownership::SHARED), attempts)
+                    .await;
+            }
+            ClosePlan::OwnedByAnother { ticket_id } => {
+                let error = format!(
+                    "the bridge never started this ticket, and the conversation of user {} with bot {} belongs to ticket {ticket_id}: it is not closed",
+                    req.user_id, req.bot_id
+                );
+                return self
+                    .resolved_without_conversation(t, &error, attempts)
+                    .await;
+            }
+            ClosePlan::Verify { conversation_id } => {
+                match self
+                    .read_conversation(&conversation_id, &mut attempts)
+                    .await
+                {
+                    Ok(Some(c)) if !c.is_closed() => {}
+                    Ok(found) => {
+                        // Replaced or closed in Jelou meanwhile: nothing to close.
+                        let reason = found
+                            .and_then(|c| c.ended_reason)
+                            .unwrap_or_else(|| SUPERSEDED.to_string());
+                        return self
+                            .record_close(t, Some(&conversation_id), Some(&reason), attempts)
+                            .await;
+                    }
+                    Err(e) => {
+                        return self
+                            .unsuccessful(Endpoint::Close, &t.ticket_id, e, attempts)
+                            .await
+                    }
+                }
+            }
+        }
         let attempted = self
             .policy
             .run(Endpoint::Close, &self.shutdown, || self.jelou.close(&req))
             .await;
-        let attempts = msg.prior_attempts + attempted.attempts;
+        attempts += attempted.attempts;
+        let own = record.conversation_id.as_deref();
         match attempted.result {
             Ok(closed) => {
-                let conversation_id = closed.conversation_id.or(record.conversation_id);
-                let stored = self
-                    .store
-                    .finish_close(
-                        &t.ticket_id,
-                        conversation_id.as_deref(),
-                        closed.ended_reason.as_deref(),
-                    )
-                    .await;
-                if let Err(e) = &stored {
-                    error!(error = %e, "conversation closed but the store could not record it");
+                if let Some(other) =
+                    ownership::ended_other_conversation(own, closed.conversation_id.as_deref())
+                {
+                    return self.closed_another(t, own, other, attempts).await;
                 }
-                let ended = closed
-                    .ended_reason
-                    .or_else(|| stored.ok().and_then(|r| r.ended_reason));
+                let conversation_id = own.or(closed.conversation_id.as_deref());
+                self.record_close(t, conversation_id, closed.ended_reason.as_deref(), attempts)
+                    .await
+            }
+            Err(e) if e.http_status() == Some(404) => match own {
+                // "No active conversation for this bot and user": did an earlier close of
+                // this ticket (its answer lost, or the process killed before recording it)
+                // already end it? Jelou's view of the conversation settles it.
+                Some(own) => self.settle_by_reading(t, own, e, attempts).await,
+                None => {
+                    let error =
+                        format!("Jelou has no active conversation for this bot and user: {e}");
+                    self.resolved_without_conversation(t, &error, attempts)
+                        .await
+                }
+            },
+            Err(e) => {
+                self.unsuccessful(Endpoint::Close, &t.ticket_id, e, attempts)
+                    .await
+            }
+        }
+    }
+
+    /// A close answered 404 for a ticket whose conversation is known: closed in Jelou → the
+    /// ticket is closed (once); still active → try again later; unknown to Jelou → rejected.
+    async fn settle_by_reading(
+        &self,
+        t: &TicketResolved,
+        conversation_id: &str,
+        not_found: JelouError,
+        mut attempts: u32,
+    ) -> Decision {
+        match self.read_conversation(conversation_id, &mut attempts).await {
+            Ok(Some(c)) if c.is_closed() => {
+                info!(
+                    conversation_id,
+                    ended_reason = c.ended_reason.as_deref(),
+                    "the close found no active conversation: Jelou says this one is closed"
+                );
+                metrics::counter!("jelou_bridge_closes_settled_by_read_total").increment(1);
+                self.record_close(
+                    t,
+                    Some(conversation_id),
+                    c.ended_reason.as_deref(),
+                    attempts,
+                )
+                .await
+            }
+            Ok(Some(_)) => {
+                let error = format!("Jelou answered 404 to the close but reads conversation {conversation_id} as active");
+                self.release(&t.ticket_id, Some(&error)).await;
+                park("close", error, Some(404), attempts, None)
+            }
+            Ok(None) => {
+                self.unsuccessful(Endpoint::Close, &t.ticket_id, not_found, attempts)
+                    .await
+            }
+            Err(e) => {
+                self.unsuccessful(Endpoint::Close, &t.ticket_id, e, attempts)
+                    .await
+            }
+        }
+    }
+
+    /// Jelou's view of a conversation, retried like every call; None when Jelou does not
+    /// know it (404).
+    async fn read_conversation(
+        &self,
+        conversation_id: &str,
+        attempts: &mut u32,
+    ) -> Result<Option<Conversation>, JelouError> {
+        let read = self
+            .policy
+            .run(Endpoint::Conversation, &self.shutdown, || {
+                self.jelou.conversation(conversation_id)
+            })
+            .await;
+        *attempts += read.attempts;
+        match read.result {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if e.http_status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records the close and publishes `conversation.closed`; a store that cannot record it
+    /// parks the message (the next pass finds the conversation closed in Jelou).
+    async fn record_close(
+        &self,
+        t: &TicketResolved,
+        conversation_id: Option<&str>,
+        ended_reason: Option<&str>,
+        attempts: u32,
+    ) -> Decision {
+        let stored = self
+            .store_retry(|| {
+                self.store
+                    .finish_close(&t.ticket_id, conversation_id, ended_reason)
+            })
+            .await;
+        match stored {
+            Ok(record) => {
+                let ended = ended_reason.map(str::to_string).or(record.ended_reason);
+                let conversation_id = conversation_id
+                    .map(str::to_string)
+                    .or(record.conversation_id);
                 info!(
                     conversation_id = conversation_id.as_deref(),
-                    attempts, "conversation closed"
+                    ended_reason = ended.as_deref(),
+                    attempts,
+                    "conversation closed"
                 );
                 Decision::Done(Outcome::closed(
                     &t.ticket_id,
@@ -399,10 +667,109 @@ impl Bridge {
                 ))
             }
             Err(e) => {
-                self.unsuccessful(Endpoint::Close, &t.ticket_id, e, attempts)
-                    .await
+                error!(error = %e, "conversation closed but the store could not record it; parking the message");
+                park(
+                    "close",
+                    format!("recording the close failed: {e}"),
+                    None,
+                    attempts,
+                    None,
+                )
             }
         }
+    }
+
+    /// A resolve for a ticket whose conversation the bridge never had: recorded as resolved
+    /// (a later `ticket.opened` makes no start call), and told as `unknown_ticket`.
+    async fn resolved_without_conversation(
+        &self,
+        t: &TicketResolved,
+        error: &str,
+        attempts: u32,
+    ) -> Decision {
+        if let Err(e) = self
+            .store_retry(|| {
+                self.store
+                    .finish_close(&t.ticket_id, None, Some(NEVER_STARTED))
+            })
+            .await
+        {
+            return park_store_attempts("close", e, attempts);
+        }
+        failure(
+            &t.ticket_id,
+            "close",
+            FailureReason::UnknownTicket,
+            error,
+            attempts,
+        )
+    }
+
+    /// Jelou's close ended `other`, not this ticket's conversation: the store had drifted
+    /// (a conversation replaced outside the bridge, or a webhook missed). Never published as
+    /// this ticket's close; the ticket whose conversation it was is recorded closed.
+    async fn closed_another(
+        &self,
+        t: &TicketResolved,
+        own: Option<&str>,
+        other: &str,
+        attempts: u32,
+    ) -> Decision {
+        error!(
+            own,
+            other, "Jelou's close ended another conversation than the ticket's"
+        );
+        metrics::counter!("jelou_bridge_foreign_closes_total").increment(1);
+        let noted = self
+            .store
+            .note_conversation_closed(other, Some("closed_by_another_tickets_resolve"))
+            .await;
+        let finished = self
+            .store
+            .finish_close(&t.ticket_id, own, Some(SUPERSEDED))
+            .await;
+        if let Some(e) = noted.err().or(finished.err()) {
+            warn!(error = %e, "could not record the conversations Jelou closed");
+        }
+        Decision::Failed(Failure {
+            ticket_id: Some(t.ticket_id.clone()),
+            action: Some("close"),
+            reason: FailureReason::Rejected,
+            http_status: Some(200),
+            error: format!(
+                "Jelou's close by bot + user ended conversation {other}, not this ticket's {}: the ticket's own conversation was no longer active",
+                own.unwrap_or("(none)")
+            ),
+            response: None,
+            attempts,
+        })
+    }
+
+    /// A store write that must follow a Jelou answer: tried three times (0, 200 ms, 1 s apart)
+    /// before its failure is reported.
+    async fn store_retry<T, F, Fut>(&self, write: F) -> Result<T, crate::store::StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+    {
+        let mut result = write().await;
+        for delay in [Duration::from_millis(200), Duration::from_secs(1)] {
+            if result.is_ok() {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            result = write().await;
+        }
+        result
+    }
+
+    /// Waits for this process's turn on a bot + user (see [`Bridge::conversations`]).
+    async fn conversation_turn(&self, bot_id: &str, user_id: &str) -> LanePlace {
+        let mut place = self
+            .conversations
+            .enter(&format!("{bot_id}\u{1f}{user_id}"));
+        place.wait_turn().await;
+        place
     }
 
     /// An agent's reply: into the room of the ticket's active conversation, once per
@@ -710,24 +1077,7 @@ impl Bridge {
             Decision::Failed(failure) => {
                 self.fail(publisher, &failure, msg).await.map(|_| "failed")
             }
-            Decision::Park {
-                action,
-                error,
-                http_status,
-                attempts,
-                retry_after,
-            } => self
-                .park(
-                    publisher,
-                    msg,
-                    action,
-                    &error,
-                    http_status,
-                    attempts,
-                    retry_after,
-                )
-                .await
-                .map(|_| "parked"),
+            Decision::Park(parking) => self.park(publisher, msg, &parking).await.map(|_| "parked"),
             Decision::Requeue => {
                 metrics::counter!("jelou_bridge_ticket_events_total", "event" => event.0, "outcome" => "requeued").increment(1);
                 if let Err(e) = acknowledge(delivery, Acknowledgement::Requeue).await {
@@ -826,30 +1176,43 @@ impl Bridge {
     }
 
     /// Into the delay queue of the tier this park reaches; it dead-letters back by itself.
-    #[allow(clippy::too_many_arguments)]
+    /// A `Retry-After` longer than every tier parks in the longest one and marks the message
+    /// not to be tried before then (it is parked again, without a call, until it may).
     async fn park(
         &self,
         publisher: &Publisher,
         msg: &Inbound,
-        action: &str,
-        error: &str,
-        http_status: Option<u16>,
-        attempts: u32,
-        retry_after: Option<Duration>,
+        parking: &Parking,
     ) -> Result<(), PublishError> {
         let delays = &self.settings.retry.delays;
-        let tier = retry_after
-            .and_then(|ra| delays.iter().find(|d| **d >= ra))
-            .unwrap_or(&delays[(msg.parked.max(0) as usize).min(delays.len() - 1)]);
+        let longest = delays.iter().max().copied().unwrap_or_default();
+        let wait = parking
+            .retry_after
+            .or_else(|| msg.not_before_in().filter(|w| !w.is_zero()));
+        let tier = match wait {
+            Some(wait) => delays
+                .iter()
+                .filter(|d| **d >= wait)
+                .min()
+                .unwrap_or(&longest),
+            None => &delays[(msg.parked.max(0) as usize).min(delays.len() - 1)],
+        };
         let queue = delay_queue(&msg.source_queue, *tier);
         let mut table = msg.properties.headers().clone().unwrap_or_default();
-        set_i64(&mut table, headers::PARKED, msg.parked + 1);
+        set_i64(&mut table, headers::PARKED, msg.parked.saturating_add(1));
         set_i64(&mut table, headers::FIRST_SEEN, msg.first_seen);
-        set_i64(&mut table, headers::ATTEMPTS, i64::from(attempts));
-        set_str(&mut table, headers::LAST_ERROR, error);
+        set_i64(&mut table, headers::ATTEMPTS, i64::from(parking.attempts));
+        set_str(&mut table, headers::LAST_ERROR, &parking.error);
         set_str(&mut table, headers::ORIGINAL_ROUTING_KEY, &msg.routing_key);
-        if let Some(status) = http_status {
+        if let Some(status) = parking.http_status {
             set_i64(&mut table, headers::HTTP_STATUS, i64::from(status));
+        }
+        if let Some(ra) = parking.retry_after.filter(|ra| ra > tier) {
+            let until = now_ms().saturating_add(ra.as_millis().min(i64::MAX as u128) as i64);
+            set_i64(&mut table, headers::NOT_BEFORE, until);
+        }
+        if let Some(c) = &parking.conversation_id {
+            set_str(&mut table, headers::CONVERSATION_ID, c);
         }
         let props = msg
             .properties
@@ -859,7 +1222,8 @@ impl Bridge {
         publisher
             .publish("", &queue, &msg.body, props, true)
             .await?;
-        info!(action, delay = %humantime::format_duration(*tier), parked = msg.parked + 1, error, "parked in the delay queue");
+        let (action, error) = (parking.action, &parking.error);
+        info!(action, delay = %humantime::format_duration(*tier), parked = msg.parked.saturating_add(1), error, "parked in the delay queue");
         metrics::counter!("jelou_bridge_parked_total", "action" => action.to_string()).increment(1);
         Ok(())
     }
@@ -963,16 +1327,41 @@ fn park(
     attempts: u32,
     retry_after: Option<Duration>,
 ) -> Decision {
-    Decision::Park {
-        action,
-        error,
+    Decision::Park(Parking {
         http_status,
-        attempts,
         retry_after,
-    }
+        ..Parking::new(action, error, attempts)
+    })
+}
+
+/// `ticket.failed` for a reason no Jelou answer gave.
+fn failure(
+    ticket_id: &str,
+    action: &'static str,
+    reason: FailureReason,
+    error: &str,
+    attempts: u32,
+) -> Decision {
+    Decision::Failed(Failure {
+        ticket_id: Some(ticket_id.to_string()),
+        action: Some(action),
+        reason,
+        http_status: None,
+        error: error.to_string(),
+        response: None,
+        attempts,
+    })
+}
+
+fn park_store_attempts(
+    action: &'static str,
+    e: crate::store::StoreError,
+    attempts: u32,
+) -> Decision {
+    warn!(error = %e, "ticket store unavailable; parking the message");
+    park(action, e.to_string(), None, attempts, None)
 }
 
 fn park_store(action: &'static str, e: crate::store::StoreError, msg: &Inbound) -> Decision {
-    warn!(error = %e, "ticket store unavailable; parking the message");
-    park(action, e.to_string(), None, msg.prior_attempts, None)
+    park_store_attempts(action, e, msg.prior_attempts)
 }

@@ -9,7 +9,10 @@
 //! - [`jelou`]: the API client, failure classification, retries with `backon`, a stand-in.
 //! - [`store`]: what was done per ticket (SQLite or PostgreSQL), for idempotency and order.
 //! - [`amqp`]: connection, topology, confirmed publisher, supervised consumer.
-//! - [`lanes`]: per-ticket order among concurrent deliveries.
+//! - [`lanes`]: per-ticket order among concurrent deliveries (and one call at a time per
+//!   bot + user).
+//! - [`ownership`]: Jelou's one-conversation-per-user model as decisions: which ticket owns
+//!   a user's conversation, what a close may do.
 //! - [`bridge`]: what happens to one ticket event.
 //! - [`webhook`], [`http`]: Jelou's signed webhooks, health, readiness and metrics.
 //! - [`app`]: the daemon assembled; [`cli`]: the commands.
@@ -29,6 +32,7 @@ pub mod events;
 pub mod http;
 pub mod jelou;
 pub mod lanes;
+pub mod ownership;
 pub mod store;
 pub mod telemetry;
 pub mod ticket;

@@ -118,11 +118,18 @@ impl<'r> FromRow<'r, AnyRow> for TicketRecord {
     }
 }
 
+/// `ended_reason` of a ticket whose conversation a later ticket of the same user replaced.
+pub const SUPERSEDED: &str = "superseded";
+
 /// The answer to "may I start this ticket?".
 #[derive(Debug, Clone, PartialEq)]
 pub enum StartClaim {
     /// Yes: this process holds the ticket until it records the result or releases it.
-    Claimed,
+    /// `learned_conversation`: an earlier start whose answer was lost did open this
+    /// conversation (Jelou's webhook said so): finish with it, call nobody.
+    Claimed {
+        learned_conversation: Option<String>,
+    },
     /// Already started (or further along): publish what is known, call nobody.
     AlreadyStarted(TicketRecord),
     /// Another live process is starting it right now.
@@ -254,6 +261,25 @@ impl Store {
         .await?)
     }
 
+    /// The other tickets of a bot + user whose conversation the bridge believes open
+    /// (`active`, or `closing` and not closed yet): who owns that user's conversation.
+    pub async fn open_tickets_of(
+        &self,
+        bot_id: &str,
+        user_id: &str,
+        except_ticket: &str,
+    ) -> Result<Vec<TicketRecord>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM tickets WHERE bot_id = $1 AND user_id = $2 \
+             AND state IN ('active', 'closing') AND ticket_id <> $3 ORDER BY updated_at"
+        ))
+        .bind(bot_id)
+        .bind(user_id)
+        .bind(except_ticket)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Tickets, newest first, optionally in one state.
     pub async fn list(
         &self,
@@ -293,8 +319,10 @@ impl Store {
     ) -> Result<StartClaim, StoreError> {
         // Insert, or take over a row that failed for good or whose holder let go or died;
         // the statement is in `batch` (shared with concurrent claims).
-        if self.writes.claim(ticket_id, bot_id, user_id).await? {
-            return Ok(StartClaim::Claimed);
+        if let Some(taken) = self.writes.claim(ticket_id, bot_id, user_id).await? {
+            return Ok(StartClaim::Claimed {
+                learned_conversation: taken.learned_conversation,
+            });
         }
         let record = self
             .get(ticket_id)
@@ -405,6 +433,25 @@ impl Store {
             Some(r) => Ok(CloseClaim::Claimed(r)),
             None => self.claim_close(ticket_id).await,
         }
+    }
+
+    /// Records a ticket the store has never seen as resolved, without bot or user (its
+    /// message named none): a later `ticket.opened` for it then makes no start call. Unknown
+    /// when recorded; otherwise the claim of the row that appeared meanwhile.
+    pub async fn resolve_unstarted(&self, ticket_id: &str) -> Result<CloseClaim, StoreError> {
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO tickets (ticket_id, state, ended_reason, attempts, created_at, updated_at) \
+             VALUES ($1, 'closed', 'never_started', 0, $2, $2) ON CONFLICT (ticket_id) DO NOTHING",
+        )
+        .bind(ticket_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(CloseClaim::Unknown);
+        }
+        self.claim_close(ticket_id).await
     }
 
     pub async fn finish_close(

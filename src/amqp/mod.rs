@@ -29,6 +29,11 @@ pub mod headers {
     pub const HTTP_STATUS: &str = "x-jb-http-status";
     pub const SOURCE_QUEUE: &str = "x-jb-source-queue";
     pub const DEAD_AT: &str = "x-jb-dead-at";
+    /// Parked: not to be tried before this time (ms since the epoch); a `Retry-After` longer
+    /// than every delay tier.
+    pub const NOT_BEFORE: &str = "x-jb-not-before";
+    /// Parked: the conversation a start opened that the store could not record.
+    pub const CONVERSATION_ID: &str = "x-jb-conversation-id";
     pub const TICKET_ID: &str = "x-ticket-id";
 }
 

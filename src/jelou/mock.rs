@@ -120,6 +120,7 @@ pub struct RecordedCall {
     pub body: Value,
     /// The body's bytes as received.
     pub raw: Vec<u8>,
+    /// When it was answered (after any latency or stall).
     pub at: Instant,
     /// The status it was answered with.
     pub status: u16,
@@ -154,6 +155,8 @@ struct MockState {
     down: Mutex<Option<u16>>,
     calls: Mutex<Vec<RecordedCall>>,
     conversations: Mutex<Conversations>,
+    /// Endpoints that act, then wait this long before answering.
+    stalls: Mutex<Vec<(Endpoint, Duration)>>,
     counter: AtomicU64,
     http: reqwest::Client,
 }
@@ -176,6 +179,7 @@ impl MockJelou {
             down: Mutex::new(None),
             calls: Mutex::new(Vec::new()),
             conversations: Mutex::new(Conversations::default()),
+            stalls: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -232,6 +236,16 @@ impl MockJelou {
     /// Where the stand-in sends its webhooks from now on (none: it sends none).
     pub fn set_webhook(&self, target: Option<WebhookTarget>) {
         self.state.options.lock().unwrap().webhook = target;
+    }
+
+    /// Calls to `endpoint` take effect at once (the conversation opens or closes, the
+    /// webhook goes out) but are answered only `stall` later; None: answered at once again.
+    pub fn set_stall(&self, endpoint: Endpoint, stall: Option<Duration>) {
+        let mut stalls = self.state.stalls.lock().unwrap();
+        stalls.retain(|(e, _)| *e != endpoint);
+        if let Some(d) = stall {
+            stalls.push((endpoint, d));
+        }
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -404,6 +418,28 @@ async fn handle_value(
         tokio::time::sleep(options.latency).await;
     }
     let (status, response, webhooks) = answer(&state, &options, endpoint, &headers, raw, &body, n);
+    if let Some(target) = options.webhook.clone() {
+        let http = state.http.clone();
+        let project_id = project_id.clone();
+        tokio::spawn(async move {
+            // In order: a customer's answer comes after the event it answers.
+            for event in webhooks {
+                send_webhook(http.clone(), target.clone(), project_id.clone(), event).await;
+            }
+        });
+    }
+    // Acted (and told the webhook), but the answer is late: what a lost answer looks like
+    // to the caller (a timeout, or a process killed while it waits).
+    let stall = state
+        .stalls
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(e, _)| *e == endpoint)
+        .map(|(_, d)| *d);
+    if let Some(stall) = stall {
+        tokio::time::sleep(stall).await;
+    }
     if options.record_calls {
         state.calls.lock().unwrap().push(RecordedCall {
             endpoint,
@@ -413,15 +449,6 @@ async fn handle_value(
             raw: raw.to_vec(),
             at: Instant::now(),
             status: status.as_u16(),
-        });
-    }
-    if let Some(target) = options.webhook {
-        let http = state.http.clone();
-        tokio::spawn(async move {
-            // In order: a customer's answer comes after the event it answers.
-            for event in webhooks {
-                send_webhook(http.clone(), target.clone(), project_id.clone(), event).await;
-            }
         });
     }
     response

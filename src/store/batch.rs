@@ -16,7 +16,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, StoreError, TicketRecord, COLUMNS};
+use super::{now_ms, StoreError, TicketRecord, COLUMNS, SUPERSEDED};
 
 /// Most rows in one statement. It also bounds how many distinct statements (one per batch
 /// size) the driver keeps prepared.
@@ -26,8 +26,16 @@ struct Claim {
     ticket_id: String,
     bot_id: String,
     user_id: String,
-    /// True when the row was taken.
-    done: oneshot::Sender<Result<bool, StoreError>>,
+    /// Some when the row was taken.
+    done: oneshot::Sender<Result<Option<Taken>, StoreError>>,
+}
+
+/// A `starting` row this process took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Taken {
+    /// The conversation the store learned for the ticket while an earlier start's answer
+    /// was lost (Jelou's `conversation.start` webhook): no second start call is needed.
+    pub(super) learned_conversation: Option<String>,
 }
 
 struct Finish {
@@ -58,13 +66,13 @@ impl Batcher {
         Batcher { tx }
     }
 
-    /// The `claim_start` insert-or-take of one ticket; true when this process took it.
+    /// The `claim_start` insert-or-take of one ticket; Some when this process took it.
     pub(super) async fn claim(
         &self,
         ticket_id: &str,
         bot_id: &str,
         user_id: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Taken>, StoreError> {
         let (done, answer) = oneshot::channel();
         self.send(Write::Claim(Claim {
             ticket_id: ticket_id.to_string(),
@@ -220,11 +228,11 @@ async fn claim_batch(writer: &mut Writer, instance: &str, lease_ms: i64, mut cla
     }
 }
 
-fn answer_claims(claims: Vec<Claim>, taken: Result<HashSet<String>, sqlx::Error>) {
+fn answer_claims(claims: Vec<Claim>, taken: Result<HashMap<String, Taken>, sqlx::Error>) {
     match taken {
-        Ok(taken) => {
+        Ok(mut taken) => {
             for c in claims {
-                let _ = c.done.send(Ok(taken.contains(&c.ticket_id)));
+                let _ = c.done.send(Ok(taken.remove(&c.ticket_id)));
             }
         }
         Err(e) => fail_all(claims.into_iter().map(|c| c.done), e),
@@ -232,13 +240,13 @@ fn answer_claims(claims: Vec<Claim>, taken: Result<HashSet<String>, sqlx::Error>
 }
 
 /// `claim_start`'s statement for many tickets: insert, or take over a row that failed for
-/// good or whose holder let go or died; the returned ids are the ones taken.
+/// good or whose holder let go or died; the rows taken, with what they learned meanwhile.
 async fn claim_rows(
     writer: &mut Writer,
     instance: &str,
     lease_ms: i64,
     claims: &[Claim],
-) -> Result<HashSet<String>, sqlx::Error> {
+) -> Result<HashMap<String, Taken>, sqlx::Error> {
     let rows: Vec<String> = (0..claims.len())
         .map(|i| {
             let p = 4 + 3 * i;
@@ -257,11 +265,11 @@ async fn claim_rows(
              attempts = tickets.attempts + 1, updated_at = excluded.updated_at \
          WHERE tickets.state = 'failed' OR (tickets.state = 'starting' AND (tickets.owner IS NULL \
              OR tickets.owner = excluded.owner OR tickets.lease_until < excluded.updated_at)) \
-         RETURNING ticket_id",
+         RETURNING ticket_id, conversation_id",
         rows.join(", ")
     );
     let now = now_ms();
-    let mut query = sqlx::query_scalar::<_, String>(&sql)
+    let mut query = sqlx::query_as::<_, (String, Option<String>)>(&sql)
         .bind(instance)
         .bind(now + lease_ms)
         .bind(now);
@@ -271,7 +279,17 @@ async fn claim_rows(
     let conn = writer.conn().await?;
     let taken = query.fetch_all(&mut **conn).await;
     writer.check(&taken);
-    Ok(taken?.into_iter().collect())
+    Ok(taken?
+        .into_iter()
+        .map(|(id, learned_conversation)| {
+            (
+                id,
+                Taken {
+                    learned_conversation,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Finishes a batch: one statement, rows in ticket order, one by one after a deadlock (see
@@ -282,11 +300,69 @@ async fn finish_batch(writer: &mut Writer, mut finishes: Vec<Finish>) {
         Err(e) if deadlocked(&e) && finishes.len() > 1 => {
             for finish in finishes {
                 let rows = finish_rows(writer, std::slice::from_ref(&finish)).await;
+                let rows = supersede_after(writer, rows).await;
                 answer_finishes(vec![finish], rows);
             }
         }
-        rows => answer_finishes(finishes, rows),
+        rows => {
+            let rows = supersede_after(writer, rows).await;
+            answer_finishes(finishes, rows)
+        }
     }
+}
+
+/// Jelou keeps one active conversation per bot and user: a start that answered a new
+/// conversation replaced the one an earlier ticket of the same user had. Those tickets are
+/// recorded closed (`superseded`), so that their resolve makes no close call (which would
+/// end the new ticket's conversation). A ticket that got the same conversation back shares
+/// it and stays active. A failure here fails the finish (nothing is acked on it).
+async fn supersede_after(
+    writer: &mut Writer,
+    rows: Result<HashMap<String, TicketRecord>, sqlx::Error>,
+) -> Result<HashMap<String, TicketRecord>, sqlx::Error> {
+    let rows = rows?;
+    let started: Vec<&TicketRecord> = rows
+        .values()
+        .filter(|r| r.bot_id.is_some() && r.user_id.is_some() && r.conversation_id.is_some())
+        .collect();
+    if started.is_empty() {
+        return Ok(rows);
+    }
+    let values: Vec<String> = (0..started.len())
+        .map(|i| {
+            let p = 2 + 4 * i;
+            format!("(${p}, ${}, ${}, ${})", p + 1, p + 2, p + 3)
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE tickets SET state = 'closed', ended_reason = '{SUPERSEDED}', owner = NULL, \
+         lease_until = NULL, last_error = 'its conversation was replaced by ticket ' || v.column1, \
+         updated_at = $1 \
+         FROM (VALUES {}) AS v WHERE tickets.bot_id = v.column2 AND tickets.user_id = v.column3 \
+         AND tickets.state = 'active' AND tickets.ticket_id <> v.column1 \
+         AND tickets.conversation_id <> v.column4",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(&sql).bind(now_ms());
+    for r in &started {
+        query = query
+            .bind(&r.ticket_id)
+            .bind(r.bot_id.as_deref())
+            .bind(r.user_id.as_deref())
+            .bind(r.conversation_id.as_deref());
+    }
+    let conn = writer.conn().await?;
+    let done = query.execute(&mut **conn).await;
+    writer.check(&done);
+    let superseded = done?.rows_affected();
+    if superseded > 0 {
+        tracing::info!(
+            superseded,
+            "tickets whose conversation a later ticket's start replaced"
+        );
+        metrics::counter!("jelou_bridge_conversations_superseded_total").increment(superseded);
+    }
+    Ok(rows)
 }
 
 fn answer_finishes(

@@ -184,23 +184,62 @@ async fn resolved_for_an_unknown_ticket_fails_with_unknown_ticket() {
     assert_eq!(seen.body["action"], "close");
     assert!(app.mock.calls().is_empty());
     assert_eq!(app.bus.drain_queue(&app.dead_queue()).await.len(), 1);
-    // With the ids in the message, a ticket the bridge never started can still be closed.
-    app.mock.script([]);
+    // A ticket the bridge never started, whose user's conversation belongs to another
+    // ticket of the bridge: closing by bot + user would end that ticket's conversation, so
+    // nothing is closed.
     app.bus
         .publish_json(
             "ticket.opened",
             &json!({"ticketId": "T-ELSE", "userId": "U9", "botId": "B"}),
         )
         .await;
-    app.bus.expect(1, WAIT).await;
+    let started = app.bus.expect(1, WAIT).await.remove(0);
     app.bus
         .publish_json(
             "ticket.resolved",
             &json!({"ticketId": "T-OTHER-SYSTEM", "userId": "U9", "botId": "B"}),
         )
         .await;
+    let failed = app.bus.expect(1, WAIT).await.remove(0);
+    assert_eq!(failed.routing_key, "ticket.failed");
+    assert_eq!(failed.body["reason"], "unknown_ticket");
+    assert!(failed.body["error"].as_str().unwrap().contains("T-ELSE"));
+    assert!(app.mock.calls_to(Endpoint::Close).is_empty());
+    let conversation = started.body["conversationId"].as_str().unwrap();
+    assert_eq!(app.mock.conversation(conversation).unwrap().state, "active");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conversation_started_outside_the_bridge_is_closed_by_bot_and_user() {
+    let mut app = spawn_app().await;
+    // Opened in Jelou before the bridge was installed (straight to the stand-in's API).
+    let start = reqwest::Client::new()
+        .post(format!(
+            "{}/platform/v1/external-support/{PROJECT}/conversations/start",
+            app.mock.base_url()
+        ))
+        .header("x-api-key", API_KEY)
+        .json(&json!({"botId": "B", "userId": "U-LEGACY"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 200);
+    let legacy: serde_json::Value = start.json().await.unwrap();
+    let legacy = legacy["data"]["conversationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.bus
+        .publish_json(
+            "ticket.resolved",
+            &json!({"ticketId": "T-LEGACY", "userId": "U-LEGACY", "botId": "B"}),
+        )
+        .await;
     let closed = app.bus.expect(1, WAIT).await.remove(0);
     assert_eq!(closed.routing_key, "conversation.closed");
+    assert_eq!(closed.body["conversationId"], legacy.as_str());
+    assert_eq!(app.mock.conversation(&legacy).unwrap().state, "closed");
     app.stop().await;
 }
 

@@ -56,8 +56,13 @@ const LEASE: Duration = Duration::from_secs(30);
 
 async fn claimed(store: &Store, ticket: &str) {
     assert_eq!(
-        store.claim_start(ticket, "BOT", "USER").await.unwrap(),
-        StartClaim::Claimed,
+        store
+            .claim_start(ticket, "BOT", &format!("U-{ticket}"))
+            .await
+            .unwrap(),
+        StartClaim::Claimed {
+            learned_conversation: None
+        },
         "{} claims {ticket}",
         store.instance()
     );
@@ -75,7 +80,7 @@ async fn start_is_claimed_then_recorded_once(backend: Backend) {
     assert_eq!(row.state, TicketState::Starting);
     assert_eq!(row.owner.as_deref(), Some("a"));
     assert_eq!(row.bot_id.as_deref(), Some("BOT"));
-    assert_eq!(row.user_id.as_deref(), Some("USER"));
+    assert_eq!(row.user_id.as_deref(), Some("U-T-1"));
     assert_eq!(row.attempts, 1);
     assert!(row.lease_until.unwrap() > now_ms());
 
@@ -160,10 +165,10 @@ async fn one_claim_wins_a_race(backend: Backend) {
             let mut won = Vec::new();
             for t in 0..10 {
                 let claim = store
-                    .claim_start(&format!("T-{t}"), "BOT", "USER")
+                    .claim_start(&format!("T-{t}"), "BOT", &format!("U-{t}"))
                     .await
                     .unwrap();
-                if claim == StartClaim::Claimed {
+                if matches!(claim, StartClaim::Claimed { .. }) {
                     won.push((t, store.instance().to_string()));
                 }
             }
@@ -199,8 +204,8 @@ async fn concurrent_claims_in_opposite_orders_all_get_answers(backend: Backend) 
             for i in 0..30 {
                 let t = if w % 4 < 2 { i } else { 29 - i };
                 let ticket = format!("T-{t}");
-                match store.claim_start(&ticket, "BOT", "USER").await {
-                    Ok(StartClaim::Claimed) => {
+                match store.claim_start(&ticket, "BOT", &format!("U-{t}")).await {
+                    Ok(StartClaim::Claimed { .. }) => {
                         let row = store.finish_start(&ticket, &format!("conv-{t}")).await;
                         assert!(row.is_ok(), "{ticket}: {row:?}");
                         won.push((t, store.instance().to_string()));
@@ -295,7 +300,7 @@ async fn close_is_claimed_once_and_recorded(backend: Backend) {
     assert_eq!(row.conversation_id.as_deref(), Some("conv-1"));
     assert_eq!(
         (row.bot_id.as_deref(), row.user_id.as_deref()),
-        (Some("BOT"), Some("USER"))
+        (Some("BOT"), Some("U-T-1"))
     );
     assert!(matches!(
         a.claim_close("T-1").await.unwrap(),
@@ -452,6 +457,88 @@ async fn reopening_keeps_what_was_stored(backend: Backend) {
 }
 
 /// Each contract check, once per backend: `store::sqlite::<check>` and `store::postgres::<check>`.
+async fn a_start_supersedes_the_users_other_tickets_unless_they_share_its_conversation(
+    backend: Backend,
+) {
+    let (a, b) = backend.pair(LEASE).await;
+    let start = |store: &Store, ticket: &'static str, conversation: &'static str| {
+        let store = store.clone();
+        async move {
+            assert!(matches!(
+                store.claim_start(ticket, "BOT", "SAME-USER").await.unwrap(),
+                StartClaim::Claimed { .. }
+            ));
+            store.finish_start(ticket, conversation).await.unwrap();
+        }
+    };
+    start(&a, "T-1", "conv-1").await;
+    started(&a, "T-OTHER-USER", "conv-9").await;
+    start(&b, "T-2", "conv-2").await;
+    let first = a.get("T-1").await.unwrap().unwrap();
+    assert_eq!(first.state, TicketState::Closed);
+    assert_eq!(first.ended_reason.as_deref(), Some("superseded"));
+    assert_eq!(
+        first.conversation_id.as_deref(),
+        Some("conv-1"),
+        "its own id stays"
+    );
+    // A third ticket given the same conversation shares it: nobody is superseded.
+    start(&a, "T-3", "conv-2").await;
+    assert_eq!(
+        a.get("T-2").await.unwrap().unwrap().state,
+        TicketState::Active
+    );
+    assert_eq!(
+        a.get("T-3").await.unwrap().unwrap().state,
+        TicketState::Active
+    );
+    assert_eq!(
+        a.get("T-OTHER-USER").await.unwrap().unwrap().state,
+        TicketState::Active,
+        "another user's ticket is untouched"
+    );
+    let open: Vec<String> = a
+        .open_tickets_of("BOT", "SAME-USER", "T-3")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.ticket_id)
+        .collect();
+    assert_eq!(open, ["T-2"]);
+}
+
+async fn a_start_taken_over_after_its_conversation_was_learned_says_so(backend: Backend) {
+    let (a, b) = backend.pair(LEASE).await;
+    claimed(&a, "T-1").await;
+    // The start's answer was lost; Jelou's webhook told the store the conversation.
+    b.note_conversation_started("T-1", "conv-learned", Some("room-1"))
+        .await
+        .unwrap();
+    a.release("T-1", Some("timeout")).await.unwrap();
+    assert_eq!(
+        b.claim_start("T-1", "BOT", "U-T-1").await.unwrap(),
+        StartClaim::Claimed {
+            learned_conversation: Some("conv-learned".into())
+        }
+    );
+}
+
+async fn a_resolve_of_an_unknown_ticket_without_ids_is_recorded(backend: Backend) {
+    let (a, _) = backend.pair(LEASE).await;
+    assert_eq!(
+        a.resolve_unstarted("T-1").await.unwrap(),
+        CloseClaim::Unknown
+    );
+    let row = a.get("T-1").await.unwrap().unwrap();
+    assert_eq!(row.state, TicketState::Closed);
+    assert_eq!(row.ended_reason.as_deref(), Some("never_started"));
+    // An open afterwards starts nothing.
+    assert!(matches!(
+        a.claim_start("T-1", "BOT", "U").await.unwrap(),
+        StartClaim::AlreadyStarted(r) if r.state == TicketState::Closed
+    ));
+}
+
 macro_rules! on_both_backends {
     ($($check:ident),* $(,)?) => {
         mod sqlite {
@@ -486,6 +573,9 @@ on_both_backends!(
     jelou_webhooks_update_tickets,
     webhook_deliveries_are_remembered_once,
     reopening_keeps_what_was_stored,
+    a_start_supersedes_the_users_other_tickets_unless_they_share_its_conversation,
+    a_start_taken_over_after_its_conversation_was_learned_says_so,
+    a_resolve_of_an_unknown_ticket_without_ids_is_recorded,
 );
 
 #[tokio::test(flavor = "multi_thread")]

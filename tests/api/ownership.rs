@@ -1,0 +1,256 @@
+//! Jelou's model against a stand-in that behaves like it: one active conversation per bot +
+//! user, a close addressed by bot + user. Several tickets of one user, resolves before
+//! their opens, closes whose answer was lost, and a store that drifted from Jelou.
+
+use std::time::Duration;
+
+use jelou_bridge::jelou::Endpoint;
+use jelou_bridge::store::{Store, TicketState};
+use serde_json::json;
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+const QUIET: Duration = Duration::from_millis(700);
+
+async fn open(app: &mut TestApp, ticket: &str, user: &str) -> String {
+    app.bus
+        .publish_json(
+            "ticket.opened",
+            &json!({"ticketId": ticket, "userId": user, "botId": "B-1"}),
+        )
+        .await;
+    let started = app.bus.expect(1, WAIT).await.remove(0);
+    assert_eq!(started.routing_key, "conversation.started", "{started:#?}");
+    assert_eq!(started.ticket(), ticket);
+    started.body["conversationId"].as_str().unwrap().to_string()
+}
+
+async fn resolve(app: &mut TestApp, ticket: &str) -> Seen {
+    app.bus
+        .publish_json("ticket.resolved", &json!({"ticketId": ticket}))
+        .await;
+    app.bus.expect(1, WAIT).await.remove(0)
+}
+
+async fn store_row(app: &TestApp, ticket: &str) -> jelou_bridge::store::TicketRecord {
+    let store = Store::connect(&app.settings.store, "probe".into())
+        .await
+        .unwrap();
+    let row = store.get(ticket).await.unwrap().unwrap();
+    store.close().await;
+    row
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_ticket_of_the_same_user_replaces_the_first_ones_conversation() {
+    let mut app = spawn_app().await;
+    let a = open(&mut app, "T-A", "U-1").await;
+    let b = open(&mut app, "T-B", "U-1").await;
+    assert_ne!(a, b);
+    // Jelou replaced T-A's conversation with T-B's.
+    assert_eq!(app.mock.conversation(&a).unwrap().state, "closed");
+
+    // T-A's resolve makes no call (it would end T-B's conversation) and reports T-A's own.
+    let closed = resolve(&mut app, "T-A").await;
+    assert_eq!(closed.routing_key, "conversation.closed");
+    assert_eq!(closed.ticket(), "T-A");
+    assert_eq!(closed.body["conversationId"], a.as_str());
+    assert_eq!(closed.body["endedReason"], "superseded");
+    assert!(app.mock.calls_to(Endpoint::Close).is_empty());
+    assert_eq!(app.mock.conversation(&b).unwrap().state, "active");
+
+    // T-B's resolve closes T-B's conversation.
+    let closed = resolve(&mut app, "T-B").await;
+    assert_eq!(closed.routing_key, "conversation.closed");
+    assert_eq!(closed.body["conversationId"], b.as_str());
+    assert_eq!(app.mock.calls_to(Endpoint::Close).len(), 1);
+    assert!(app.mock.active_conversations().is_empty());
+    app.bus.expect_silence(QUIET).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tickets_sharing_one_conversation_close_it_with_the_last_one() {
+    let mut app = spawn_app_with(|_, m| m.reuse_active = true).await;
+    let a = open(&mut app, "T-S1", "U-2").await;
+    let b = open(&mut app, "T-S2", "U-2").await;
+    assert_eq!(a, b, "Jelou answered the active conversation");
+
+    let first = resolve(&mut app, "T-S1").await;
+    assert_eq!(first.routing_key, "conversation.closed");
+    assert_eq!(first.body["conversationId"], a.as_str());
+    assert_eq!(first.body["endedReason"], "shared_conversation_still_open");
+    assert!(app.mock.calls_to(Endpoint::Close).is_empty());
+    assert_eq!(app.mock.conversation(&a).unwrap().state, "active");
+
+    let last = resolve(&mut app, "T-S2").await;
+    assert_eq!(last.routing_key, "conversation.closed");
+    assert_eq!(last.body["conversationId"], a.as_str());
+    assert_eq!(app.mock.calls_to(Endpoint::Close).len(), 1);
+    assert_eq!(app.mock.conversation(&a).unwrap().state, "closed");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resolve_before_its_open_closes_nothing_of_another_ticket_and_the_open_starts_nothing() {
+    let mut app = spawn_app().await;
+    // The user has another ticket whose conversation is open.
+    let other = open(&mut app, "T-OTHER", "U-3").await;
+    for (ticket, resolved) in [
+        // With the user's ids: the (bot, user) conversation belongs to T-OTHER.
+        (
+            "T-EARLY-1",
+            json!({"ticketId": "T-EARLY-1", "userId": "U-3", "botId": "B-1"}),
+        ),
+        // Without them.
+        ("T-EARLY-2", json!({"ticketId": "T-EARLY-2"})),
+    ] {
+        app.bus.publish_json("ticket.resolved", &resolved).await;
+        let failed = app.bus.expect(1, WAIT).await.remove(0);
+        assert_eq!(failed.routing_key, "ticket.failed");
+        assert_eq!(failed.body["reason"], "unknown_ticket", "{failed:#?}");
+        assert_eq!(failed.body["action"], "close");
+
+        // The open arrives afterwards: no start call, no conversation for nobody to close.
+        app.bus
+            .publish_json(
+                "ticket.opened",
+                &json!({"ticketId": ticket, "userId": "U-3", "botId": "B-1"}),
+            )
+            .await;
+        let failed = app.bus.expect(1, WAIT).await.remove(0);
+        assert_eq!(failed.routing_key, "ticket.failed");
+        assert_eq!(failed.ticket(), ticket);
+        assert_eq!(failed.body["reason"], "already_resolved", "{failed:#?}");
+        assert_eq!(failed.body["action"], "start");
+        assert_eq!(store_row(&app, ticket).await.state, TicketState::Closed);
+    }
+    assert_eq!(
+        app.mock.calls_to(Endpoint::Start).len(),
+        1,
+        "T-OTHER's only"
+    );
+    assert!(app.mock.calls_to(Endpoint::Close).is_empty());
+    assert_eq!(app.mock.conversation(&other).unwrap().state, "active");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resolve_before_its_open_of_a_user_with_no_conversation_records_it_resolved() {
+    let mut app = spawn_app().await;
+    app.bus
+        .publish_json(
+            "ticket.resolved",
+            &json!({"ticketId": "T-EARLY-3", "userId": "U-4", "botId": "B-1"}),
+        )
+        .await;
+    // Closed by bot + user, as for a conversation from before the bridge: Jelou has none.
+    let failed = app.bus.expect(1, WAIT).await.remove(0);
+    assert_eq!(failed.routing_key, "ticket.failed");
+    assert_eq!(failed.body["reason"], "unknown_ticket");
+    assert!(failed.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("no active conversation"));
+    assert_eq!(app.mock.calls_to(Endpoint::Close).len(), 1);
+    app.bus
+        .publish_json(
+            "ticket.opened",
+            &json!({"ticketId": "T-EARLY-3", "userId": "U-4", "botId": "B-1"}),
+        )
+        .await;
+    let failed = app.bus.expect(1, WAIT).await.remove(0);
+    assert_eq!(failed.body["reason"], "already_resolved");
+    assert!(app.mock.calls_to(Endpoint::Start).is_empty());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_close_that_already_happened_is_settled_by_reading_the_conversation() {
+    let mut app = spawn_app().await;
+    let conversation = open(&mut app, "T-GONE", "U-5").await;
+    // The close reached Jelou but its answer never came back (the same state a kill -9
+    // between the call and the store write leaves): the conversation is closed in Jelou.
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/jelouapi/v1/external-support/{PROJECT}/conversations/close",
+            app.mock.base_url()
+        ))
+        .header("x-api-key", API_KEY)
+        .json(&json!({"botId": "B-1", "userId": "U-5"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let closed = resolve(&mut app, "T-GONE").await;
+    assert_eq!(closed.routing_key, "conversation.closed", "{closed:#?}");
+    assert_eq!(closed.body["conversationId"], conversation.as_str());
+    assert_eq!(closed.body["endedReason"], "closed_by_operator");
+    let statuses: Vec<(Endpoint, u16)> = app
+        .mock
+        .calls()
+        .iter()
+        .filter(|c| c.endpoint != Endpoint::Start)
+        .map(|c| (c.endpoint, c.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (Endpoint::Close, 200),
+            (Endpoint::Close, 404),
+            (Endpoint::Conversation, 200)
+        ]
+    );
+    assert_eq!(app.bus.drain_queue(&app.dead_queue()).await.len(), 0);
+    assert_eq!(store_row(&app, "T-GONE").await.state, TicketState::Closed);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_404_close_of_a_conversation_jelou_does_not_know_is_still_rejected() {
+    let mut app = spawn_app().await;
+    open(&mut app, "T-404", "U-6").await;
+    app.mock.script([
+        jelou_bridge::jelou::mock::Scripted::status(404),
+        jelou_bridge::jelou::mock::Scripted::status(404),
+    ]);
+    let failed = resolve(&mut app, "T-404").await;
+    assert_eq!(failed.routing_key, "ticket.failed");
+    assert_eq!(failed.body["reason"], "rejected");
+    assert_eq!(failed.body["httpStatus"], 404);
+    assert_eq!(app.mock.calls_to(Endpoint::Conversation).len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_close_that_ends_another_conversation_is_never_published_as_the_tickets() {
+    let mut app = spawn_app().await;
+    let own = open(&mut app, "T-DRIFT", "U-7").await;
+    // Outside the bridge, the user got a new conversation with the bot: the store still
+    // believes T-DRIFT's is the active one.
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/platform/v1/external-support/{PROJECT}/conversations/start",
+            app.mock.base_url()
+        ))
+        .header("x-api-key", API_KEY)
+        .json(&json!({"botId": "B-1", "userId": "U-7"}))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let foreign = body["data"]["conversationId"].as_str().unwrap().to_string();
+
+    let failed = resolve(&mut app, "T-DRIFT").await;
+    assert_eq!(failed.routing_key, "ticket.failed", "{failed:#?}");
+    assert_eq!(failed.body["action"], "close");
+    let error = failed.body["error"].as_str().unwrap();
+    assert!(error.contains(&foreign) && error.contains(&own), "{error}");
+    let row = store_row(&app, "T-DRIFT").await;
+    assert_eq!(row.state, TicketState::Closed);
+    assert_eq!(row.conversation_id.as_deref(), Some(own.as_str()));
+    app.bus.expect_silence(QUIET).await;
+    app.stop().await;
+}
