@@ -132,7 +132,10 @@ out = subprocess.run(["kubectl", "kustomize", "--load-restrictor", "LoadRestrict
                      check=True, capture_output=True, text=True).stdout
 docs = [d for d in yaml.safe_load_all(out) if d]
 kinds = {d["kind"]: d for d in docs}
-check({"StatefulSet", "ConfigMap", "Service", "PodDisruptionBudget", "Namespace"} <= set(kinds), f"kubernetes: kinds {sorted(kinds)}")
+check({"StatefulSet", "ConfigMap", "Service", "PodDisruptionBudget", "Namespace", "CronJob"} <= set(kinds), f"kubernetes: kinds {sorted(kinds)}")
+cron = kinds["CronJob"]["spec"]
+check(cron["concurrencyPolicy"] == "Forbid", "kubernetes: one reconcile at a time")
+check(cron["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0] == "reconcile", "kubernetes: the CronJob runs reconcile")
 cm = kinds["ConfigMap"]["data"]
 check(cm["default.toml"] == open("config/default.toml").read(), "kubernetes: ConfigMap carries config/default.toml")
 check(cm["production.toml"] == open("config/production.toml").read(), "kubernetes: ConfigMap carries config/production.toml")

@@ -324,19 +324,60 @@ impl Bridge {
                 .record_start(t, &req, conversation_id, msg.prior_attempts)
                 .await;
         }
-        let attempted = self
-            .policy
-            .run(Endpoint::Start, &self.shutdown, || self.jelou.start(&req))
-            .await;
-        let attempts = msg.prior_attempts + attempted.attempts;
-        match attempted.result {
-            Ok(started) => {
-                self.record_start(t, &req, started.conversation_id, attempts)
-                    .await
+        let mut attempts = msg.prior_attempts;
+        let mut sent_this_pass = 0;
+        loop {
+            let attempted = self
+                .policy
+                .run(Endpoint::Start, &self.shutdown, || self.jelou.start(&req))
+                .await;
+            attempts += attempted.attempts;
+            sent_this_pass += attempted.attempts;
+            let e = match attempted.result {
+                Ok(started) => {
+                    return self
+                        .record_start(t, &req, started.conversation_id, attempts)
+                        .await
+                }
+                Err(e) if e.is_retryable() && e.may_have_taken_effect() => e,
+                Err(e) => {
+                    return self
+                        .unsuccessful(Endpoint::Start, &t.ticket_id, e, attempts)
+                        .await
+                }
+            };
+            // The start may have opened a conversation: look for it before sending again.
+            metrics::counter!("jelou_bridge_starts_ambiguous_total").increment(1);
+            warn!(error = %e, "the start's answer was lost; looking for the conversation it may have opened");
+            if let Some(conversation_id) = self.await_started_conversation(&t.ticket_id).await {
+                info!(conversation_id = %conversation_id, "Jelou's webhook named the conversation: no second start call");
+                metrics::counter!("jelou_bridge_starts_reconciled_total").increment(1);
+                return self.record_start(t, &req, conversation_id, attempts).await;
             }
-            Err(e) => {
-                self.unsuccessful(Endpoint::Start, &t.ticket_id, e, attempts)
-                    .await
+            if sent_this_pass >= self.policy.max_attempts || self.shutdown.is_cancelled() {
+                // Parked: the next pass's claim looks for the conversation again first.
+                return self
+                    .unsuccessful(Endpoint::Start, &t.ticket_id, e, attempts)
+                    .await;
+            }
+            metrics::counter!("jelou_bridge_starts_resent_total").increment(1);
+        }
+    }
+
+    /// After an ambiguous start: waits up to `jelou.reconcile_wait` for the store to learn
+    /// the ticket's conversation from Jelou's `conversation.start` webhook. None at once
+    /// when no webhook is configured (nothing could tell).
+    async fn await_started_conversation(&self, ticket_id: &str) -> Option<String> {
+        self.settings.webhook.signing_secret.as_ref()?;
+        let deadline = Instant::now() + self.settings.jelou.reconcile_wait;
+        loop {
+            match self.store.get(ticket_id).await {
+                Ok(Some(r)) if r.conversation_id.is_some() => return r.conversation_id,
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "could not look for the started conversation"),
+            }
+            if Instant::now() >= deadline || !self.pause().await {
+                return None;
             }
         }
     }

@@ -163,6 +163,11 @@ pub struct JelouSettings {
     pub timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// After a start that may have opened a conversation without answering (a timeout, a
+    /// lost connection, a gateway 502/504): how long to wait for Jelou's `conversation.start`
+    /// webhook to name it before the start is sent again. Only with a webhook configured.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_wait: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -15,6 +15,7 @@
 //!   a user's conversation, what a close may do.
 //! - [`bridge`]: what happens to one ticket event.
 //! - [`webhook`], [`http`]: Jelou's signed webhooks, health, readiness and metrics.
+//! - [`reconcile`]: the store brought in line with Jelou's view of each conversation.
 //! - [`app`]: the daemon assembled; [`cli`]: the commands.
 //!
 //! # The path of one ticket event
@@ -33,6 +34,7 @@ pub mod http;
 pub mod jelou;
 pub mod lanes;
 pub mod ownership;
+pub mod reconcile;
 pub mod store;
 pub mod telemetry;
 pub mod ticket;

@@ -280,6 +280,26 @@ impl Store {
         .await?)
     }
 
+    /// Tickets whose conversation the store believes open and that nobody works on now
+    /// (`active`, or `closing` with no live holder), not updated since `before`, oldest
+    /// first: what `reconcile` checks against Jelou.
+    pub async fn open_tickets_before(
+        &self,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<TicketRecord>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM tickets WHERE conversation_id IS NOT NULL AND updated_at < $1 \
+             AND (state = 'active' OR (state = 'closing' AND (owner IS NULL OR lease_until < $2))) \
+             ORDER BY updated_at LIMIT $3"
+        ))
+        .bind(before)
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Tickets, newest first, optionally in one state.
     pub async fn list(
         &self,

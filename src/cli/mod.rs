@@ -61,7 +61,20 @@ enum Command {
         #[command(subcommand)]
         command: tickets::TicketsCommand,
     },
-    /// Run a local stand-in for Jelou's start and close endpoints.
+    /// Bring the store in line with Jelou's view of each open conversation (closed by an
+    /// operator while a webhook was missed, say). Safe while the daemon runs, and to repeat.
+    Reconcile {
+        /// Only tickets not updated for this long.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        older_than: Duration,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many tickets per run.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+    /// Run a local stand-in for Jelou's API (start, close, read, send-message).
     MockJelou(MockArgs),
 }
 
@@ -126,6 +139,11 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             }
         }
+        // Calls Jelou: its credentials are required.
+        Command::Reconcile { .. } => match load(&cli.config, false) {
+            Ok(s) => s,
+            Err(code) => return code,
+        },
         _ => match load(&cli.config, true) {
             Ok(s) => s,
             Err(code) => return code,
@@ -138,6 +156,18 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Publish(args) => publish::run(&settings, args).await,
         Command::Dlq { command } => dlq::run(&settings, command).await,
         Command::Tickets { command } => tickets::run(&settings, command).await,
+        Command::Reconcile {
+            older_than,
+            dry_run,
+            limit,
+        } => {
+            let options = crate::reconcile::Options {
+                older_than,
+                dry_run,
+                limit,
+            };
+            reconcile(&settings, options).await
+        }
         Command::MockJelou(args) => mock_jelou(&settings, args).await,
     };
     match result {
@@ -147,6 +177,81 @@ async fn dispatch(cli: Cli) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+async fn reconcile(
+    settings: &Settings,
+    options: crate::reconcile::Options,
+) -> anyhow::Result<ExitCode> {
+    use crate::reconcile::Finding;
+    let store = crate::store::Store::connect(&settings.store, "reconcile".into()).await?;
+    let jelou = crate::jelou::JelouClient::new(&settings.jelou, None)?;
+    let conn = crate::amqp::connection::connect(&settings.amqp, "jelou-bridge reconcile").await?;
+    let publisher = crate::amqp::Publisher::open(&conn, settings.amqp.confirm_timeout).await?;
+    let lines = crate::reconcile::run(
+        &store,
+        &jelou,
+        &publisher,
+        &settings.amqp.events_exchange,
+        &options,
+    )
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "done".into())).await;
+    store.close().await;
+    let lines = lines?;
+    let verb = if options.dry_run {
+        "would close"
+    } else {
+        "closed"
+    };
+    let (mut changed, mut errors) = (0, 0);
+    for line in &lines {
+        let t = &line.ticket;
+        let what = match &line.finding {
+            Finding::InLine => continue,
+            Finding::Closed { ended_reason } => {
+                changed += 1;
+                format!(
+                    "{} -> {verb} (Jelou: closed, {})",
+                    t.state.as_str(),
+                    ended_reason.as_deref().unwrap_or("no reason given")
+                )
+            }
+            Finding::RoomLearned(room) => {
+                changed += 1;
+                format!("room {room} learned")
+            }
+            Finding::UnknownToJelou => "Jelou does not know this conversation; left as is".into(),
+            Finding::Error(e) => {
+                errors += 1;
+                format!("error: {e}")
+            }
+        };
+        println!(
+            "{:<24} {:<32} {what}",
+            t.ticket_id,
+            t.conversation_id.as_deref().unwrap_or("-")
+        );
+    }
+    println!(
+        "reconcile: {} checked, {changed} {}, {errors} errors{}",
+        lines.len(),
+        if options.dry_run {
+            "to change"
+        } else {
+            "changed"
+        },
+        if options.dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        }
+    );
+    Ok(if errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn run(settings: Settings, sandbox: bool) -> anyhow::Result<ExitCode> {

@@ -289,6 +289,8 @@ impl JelouClient {
     fn transport_error(&self, e: reqwest::Error) -> JelouError {
         if e.is_timeout() {
             JelouError::Timeout(self.timeout)
+        } else if e.is_connect() {
+            JelouError::NotSent(error_chain(&e))
         } else {
             // reqwest's Display names the URL (no credentials in it) and the cause.
             JelouError::Transport(error_chain(&e))

@@ -9,9 +9,12 @@ const MAX_RAW: usize = 2048;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JelouError {
-    /// Connection refused, reset, DNS, TLS: the request may not have arrived.
+    /// Reset, closed while reading the answer: the request may have arrived and acted.
     #[error("network error calling Jelou: {0}")]
     Transport(String),
+    /// No connection could be made (refused, DNS, TLS): the request was not sent.
+    #[error("network error calling Jelou (the request was not sent): {0}")]
+    NotSent(String),
     #[error("Jelou did not answer within {0:?}")]
     Timeout(Duration),
     /// Jelou answered with a non-success status.
@@ -42,11 +45,22 @@ impl JelouError {
     /// Network errors, timeouts, 408, 429 and 5xx but 501 may succeed if tried again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            JelouError::Transport(_) | JelouError::Timeout(_) => true,
+            JelouError::Transport(_) | JelouError::NotSent(_) | JelouError::Timeout(_) => true,
             JelouError::Status { status, .. } => is_retryable_status(*status),
             JelouError::BadResponse { .. }
             | JelouError::Shutdown
             | JelouError::NotConfigured(_) => false,
+        }
+    }
+
+    /// A failure after which the call may still have taken effect in Jelou: a timeout or a
+    /// connection lost after the request was sent, or a gateway's 502/504 (Jelou behind it
+    /// may have answered). Jelou's own 500 and 503 are taken as "not done".
+    pub fn may_have_taken_effect(&self) -> bool {
+        match self {
+            JelouError::Transport(_) | JelouError::Timeout(_) => true,
+            JelouError::Status { status, .. } => matches!(status, 502 | 504),
+            _ => false,
         }
     }
 

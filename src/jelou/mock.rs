@@ -120,8 +120,11 @@ pub struct RecordedCall {
     pub body: Value,
     /// The body's bytes as received.
     pub raw: Vec<u8>,
-    /// When it was answered (after any latency or stall).
+    /// When it took effect (after any latency).
     pub at: Instant,
+    /// When its answer was handed to the caller; None if the caller gave up before (a
+    /// stalled answer past the caller's timeout).
+    pub answered: Option<Instant>,
     /// The status it was answered with.
     pub status: u16,
 }
@@ -155,7 +158,7 @@ struct MockState {
     down: Mutex<Option<u16>>,
     calls: Mutex<Vec<RecordedCall>>,
     conversations: Mutex<Conversations>,
-    /// Endpoints that act, then wait this long before answering.
+    /// The next calls of these endpoints act, then wait this long before answering.
     stalls: Mutex<Vec<(Endpoint, Duration)>>,
     counter: AtomicU64,
     http: reqwest::Client,
@@ -238,14 +241,11 @@ impl MockJelou {
         self.state.options.lock().unwrap().webhook = target;
     }
 
-    /// Calls to `endpoint` take effect at once (the conversation opens or closes, the
-    /// webhook goes out) but are answered only `stall` later; None: answered at once again.
-    pub fn set_stall(&self, endpoint: Endpoint, stall: Option<Duration>) {
-        let mut stalls = self.state.stalls.lock().unwrap();
-        stalls.retain(|(e, _)| *e != endpoint);
-        if let Some(d) = stall {
-            stalls.push((endpoint, d));
-        }
+    /// The next call to `endpoint` takes effect at once (the conversation opens or closes,
+    /// the webhook goes out) but is answered only `stall` later: what a lost answer looks
+    /// like to the caller. Calls after it are answered at once.
+    pub fn stall_next(&self, endpoint: Endpoint, stall: Duration) {
+        self.state.stalls.lock().unwrap().push((endpoint, stall));
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -430,26 +430,32 @@ async fn handle_value(
     }
     // Acted (and told the webhook), but the answer is late: what a lost answer looks like
     // to the caller (a timeout, or a process killed while it waits).
-    let stall = state
-        .stalls
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|(e, _)| *e == endpoint)
-        .map(|(_, d)| *d);
-    if let Some(stall) = stall {
-        tokio::time::sleep(stall).await;
-    }
-    if options.record_calls {
-        state.calls.lock().unwrap().push(RecordedCall {
+    let stall = {
+        let mut stalls = state.stalls.lock().unwrap();
+        let next = stalls.iter().position(|(e, _)| *e == endpoint);
+        next.map(|i| stalls.remove(i).1)
+    };
+    // Recorded when it acted; `answered` is set only if the answer is delivered.
+    let recorded = options.record_calls.then(|| {
+        let mut calls = state.calls.lock().unwrap();
+        calls.push(RecordedCall {
             endpoint,
             project_id: project_id.clone(),
             headers,
             body,
             raw: raw.to_vec(),
             at: Instant::now(),
+            answered: None,
             status: status.as_u16(),
         });
+        calls.len() - 1
+    });
+    if let Some(stall) = stall {
+        // A caller that gives up first drops this future here: never answered.
+        tokio::time::sleep(stall).await;
+    }
+    if let Some(i) = recorded {
+        state.calls.lock().unwrap()[i].answered = Some(Instant::now());
     }
     response
 }

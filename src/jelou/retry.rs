@@ -83,7 +83,12 @@ impl RetryPolicy {
             }
         })
         .when(|e: &JelouError| {
-            e.is_retryable() && e.retry_after().is_none_or(|ra| ra <= max_retry_after)
+            // A start that may have opened a conversation is not sent again blindly: the
+            // caller first looks for what it opened (the start webhook).
+            let blind_repeat = endpoint == Endpoint::Start && e.may_have_taken_effect();
+            e.is_retryable()
+                && !blind_repeat
+                && e.retry_after().is_none_or(|ra| ra <= max_retry_after)
         })
         .adjust(|e: &JelouError, delay| {
             // Jelou's own word on when to come back beats our backoff; a None delay means

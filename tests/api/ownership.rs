@@ -254,3 +254,60 @@ async fn a_close_that_ends_another_conversation_is_never_published_as_the_ticket
     app.bus.expect_silence(QUIET).await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_whose_answer_is_lost_is_found_through_the_webhook_not_sent_again() {
+    let mut app = spawn_app_with(|s, m| {
+        signed(s, m);
+        s.jelou.timeout = Duration::from_secs(1);
+    })
+    .await;
+    app.connect_webhooks();
+    // Jelou opens the conversation and sends its webhook, then answers after the timeout.
+    app.mock.stall_next(Endpoint::Start, Duration::from_secs(3));
+    app.bus
+        .publish_json(
+            "ticket.opened",
+            &json!({"ticketId": "T-LOST", "userId": "U-8", "botId": "B-1"}),
+        )
+        .await;
+    let started = app
+        .bus
+        .collect_until(WAIT, |s| {
+            s.iter().any(|m| m.routing_key == "conversation.started")
+        })
+        .await
+        .into_iter()
+        .find(|m| m.routing_key == "conversation.started")
+        .unwrap();
+    // Give a second call time to show up, were there one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let starts = app.mock.calls_to(Endpoint::Start);
+    assert_eq!(starts.len(), 1, "one start call");
+    let active = app.mock.active_conversations();
+    assert_eq!(active.len(), 1);
+    assert_eq!(started.body["conversationId"], active[0].id.as_str());
+    assert_eq!(
+        store_row(&app, "T-LOST").await.conversation_id.as_deref(),
+        Some(active[0].id.as_str())
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_webhook_a_start_whose_answer_is_lost_is_sent_again_and_replaces_the_first() {
+    let mut app = spawn_app_with(|s, _| s.jelou.timeout = Duration::from_secs(1)).await;
+    app.mock.stall_next(Endpoint::Start, Duration::from_secs(3));
+    let conversation = open(&mut app, "T-LOST-2", "U-9").await;
+    let starts = app.mock.calls_to(Endpoint::Start);
+    // The documented outcome: nothing could tell the bridge the first start worked, so it
+    // is sent again; Jelou (one conversation per bot + user) replaced the first conversation,
+    // and the bus only ever sees the second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.mock.calls_to(Endpoint::Start).len(), 2, "{starts:?}");
+    let active = app.mock.active_conversations();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].id, conversation);
+    app.bus.expect_silence(QUIET).await;
+    app.stop().await;
+}
