@@ -116,13 +116,17 @@ impl Application {
         .with_graceful_shutdown(http_stop.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
 
+        // Leases are renewed until the drain is over, not only until the first signal: work
+        // still finishing after it must keep its tickets.
+        let leases_stop = CancellationToken::new();
         let leases = tokio::spawn(keep_leases(
             self.store.clone(),
             settings.store.lease,
-            shutdown.clone(),
+            leases_stop.clone(),
         ));
         consumer::run(bridge, self.link.clone(), shutdown).await;
-        leases.abort();
+        leases_stop.cancel();
+        let _ = leases.await;
         http_stop.cancel();
         match server.await {
             Ok(Ok(())) => {}
@@ -135,12 +139,16 @@ impl Application {
     }
 }
 
-/// Renews this process's hold on the tickets it works on, a third of a lease at a time.
+/// Renews this process's hold on the tickets it works on, a third of a lease at a time, on
+/// the store's clock (measured again first).
 async fn keep_leases(store: Store, lease: std::time::Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(lease / 3);
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if let Err(e) = store.sync_clock().await {
+                    warn!(error = %e, "could not read the store's clock");
+                }
                 if let Err(e) = store.renew_leases().await {
                     warn!(error = %e, "could not renew ticket leases");
                 }

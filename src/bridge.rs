@@ -34,6 +34,8 @@ use crate::ticket::{
 
 /// How often a delivery waiting on another one's work looks at the store again.
 const POLL: Duration = Duration::from_millis(100);
+/// The longest a delivery waits in process for another of its ticket's events.
+const IN_PROCESS_PATIENCE: Duration = Duration::from_secs(1);
 
 /// One inbound delivery, with what earlier passes through the bridge wrote on it.
 #[derive(Debug, Clone)]
@@ -204,6 +206,8 @@ impl Bridge {
             };
             return self.within_budget(Decision::Park(parking), event, msg);
         }
+        // Its lease (if this pass takes one) is renewed only while this pass runs.
+        let _hold = event.as_ref().ok().map(|e| self.store.hold(e.ticket_id()));
         let decision = match event {
             Err(invalid) => Decision::Failed(Failure {
                 ticket_id: invalid.ticket_id.clone(),
@@ -297,7 +301,7 @@ impl Bridge {
                     };
                 }
                 Ok(StartClaim::Busy(_)) => {
-                    if waited.elapsed() >= self.settings.store.unknown_ticket_wait {
+                    if waited.elapsed() >= self.in_process_patience() {
                         return park(
                             "start",
                             "another bridge process is starting this ticket".into(),
@@ -410,6 +414,7 @@ impl Bridge {
             Err(e) => {
                 error!(error = %e, conversation_id = %conversation_id,
                     "conversation started but the store could not record it; parking the message with its id");
+                self.release(&t.ticket_id, Some(&e.to_string())).await;
                 return Decision::Park(Parking {
                     conversation_id: Some(conversation_id),
                     ..Parking::new(
@@ -436,7 +441,7 @@ impl Bridge {
                 Ok(c) => c,
                 Err(e) => return park_store("close", e, msg),
             };
-            let patience_left = waited.elapsed() < self.settings.store.unknown_ticket_wait;
+            let patience_left = waited.elapsed() < self.in_process_patience();
             match claim {
                 CloseClaim::Claimed(r) => break r,
                 CloseClaim::AlreadyClosed(r) => {
@@ -472,6 +477,9 @@ impl Bridge {
                     return park("close", what.into(), None, msg.prior_attempts, None);
                 }
                 CloseClaim::Unknown if !patience_left => {
+                    if let Some(parking) = self.still_expecting_the_open("close", msg) {
+                        return parking;
+                    }
                     let bot = t
                         .bot_id
                         .as_deref()
@@ -823,7 +831,7 @@ impl Bridge {
                 Ok(r) => r,
                 Err(e) => return park_store("message", e, msg),
             };
-            let patience_left = waited.elapsed() < self.settings.store.unknown_ticket_wait;
+            let patience_left = waited.elapsed() < self.in_process_patience();
             let no_conversation = |reason, error: &str| {
                 Decision::Failed(Failure {
                     ticket_id: Some(t.ticket_id.clone()),
@@ -861,13 +869,16 @@ impl Bridge {
                     )
                 }
                 None if !patience_left => {
+                    if let Some(parking) = self.still_expecting_the_open("message", msg) {
+                        return parking;
+                    }
                     return no_conversation(
                         FailureReason::UnknownTicket,
                         &format!(
                             "the bridge has no conversation for this ticket (waited {})",
                             humantime::format_duration(self.settings.store.unknown_ticket_wait)
                         ),
-                    )
+                    );
                 }
                 _ => {
                     if !self.pause().await {
@@ -1085,6 +1096,37 @@ impl Bridge {
         if let Err(e) = self.store.release(ticket_id, error).await {
             warn!(error = %e, "could not release the ticket (its lease will expire)");
         }
+    }
+
+    /// How long a delivery waits in process for another event of its ticket (its open still
+    /// under way): short, as it holds a prefetch slot the awaited event may need.
+    fn in_process_patience(&self) -> Duration {
+        self.settings
+            .store
+            .unknown_ticket_wait
+            .min(IN_PROCESS_PATIENCE)
+    }
+
+    /// A ticket the store has never seen, for a message first seen less than
+    /// `store.unknown_ticket_wait` ago: its open may still be on its way (redelivered after a
+    /// crash, behind other messages): park until the wait is over instead of concluding.
+    fn still_expecting_the_open(&self, action: &'static str, msg: &Inbound) -> Option<Decision> {
+        let seen_for = Duration::from_millis((now_ms() - msg.first_seen).max(0) as u64);
+        let left = self
+            .settings
+            .store
+            .unknown_ticket_wait
+            .checked_sub(seen_for)?;
+        if left.is_zero() {
+            return None;
+        }
+        Some(park(
+            action,
+            "the ticket is not known yet: waiting for its ticket.opened".into(),
+            None,
+            msg.prior_attempts,
+            Some(left),
+        ))
     }
 
     /// Waits a poll interval; false when shutdown began.

@@ -438,6 +438,16 @@ impl Settings {
             ));
         }
 
+        // A ticket's lease must outlast a store round trip with room to spare, or a live
+        // process's hold expires under it and another takes the ticket over (a second call);
+        // it is renewed every third of itself.
+        if self.store.lease < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "store.lease",
+                "must be at least 1s (15s by default): a live process's hold on a ticket is renewed every third of the lease and must never expire between two renewals, or another process takes the ticket over and calls Jelou again",
+            ));
+        }
+
         let r = &self.retry;
         if r.max_attempts == 0 {
             return Err(ConfigError::new("retry.max_attempts", "must be at least 1"));
@@ -786,6 +796,17 @@ mod tests {
         assert_eq!(s.routing.default_queue, "VENTAS");
         assert!(s.routing.rules[0].equals.contains("invoices"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_lease_too_short_to_renew_is_refused() {
+        for lease in ["0s", "500ms"] {
+            let err =
+                Settings::load(&vars(&[("JELOU_BRIDGE__STORE__LEASE", lease)]), true).unwrap_err();
+            assert_eq!(err.key, "store.lease", "{lease}: {err}");
+            assert!(err.problem.contains("at least 1s"), "{err}");
+        }
+        assert!(Settings::load(&vars(&[("JELOU_BRIDGE__STORE__LEASE", "2s")]), true).is_ok());
     }
 
     #[test]

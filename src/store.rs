@@ -6,7 +6,10 @@
 //! single atomic statement; which bridge process works on a ticket is a lease in the row
 //! (`owner`, `lease_until`), renewed while it works, so a crashed replica's hold expires.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use secrecy::ExposeSecret;
@@ -183,6 +186,44 @@ pub struct Store {
     /// Gathers the per-ticket claim and finish writes of concurrent deliveries into one
     /// statement each (see [`batch`]).
     writes: batch::Batcher,
+    /// The store's clock, which every lease is read and written on.
+    clock: Clock,
+    /// Tickets this process is working on right now: the only leases it renews.
+    held: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// The clock leases are kept on: the database's. Replicas whose own clocks disagree (one
+/// runs 30 s fast, say) would otherwise take over each other's live leases. The offset
+/// between this host's clock and the database's is measured at connect and again at each
+/// lease renewal (PostgreSQL); an embedded SQLite store shares this host's clock.
+#[derive(Clone, Default)]
+pub struct Clock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl Clock {
+    /// Now on the store's clock, in ms since the epoch.
+    pub fn now(&self) -> i64 {
+        now_ms().saturating_add(self.offset_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// While alive, its ticket counts as in flight in this process: its lease is renewed.
+pub struct Hold {
+    held: Arc<Mutex<HashMap<String, usize>>>,
+    ticket_id: String,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.ticket_id) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ticket_id);
+            }
+        }
+    }
 }
 
 impl Store {
@@ -217,17 +258,63 @@ impl Store {
             pool.execute("PRAGMA journal_mode = WAL").await?;
         }
         MIGRATOR.run(&pool).await?;
+        let clock = Clock::default();
         let writes = batch::Batcher::start(
             pool.clone(),
+            clock.clone(),
             instance.clone(),
             settings.lease.as_millis() as i64,
         );
-        Ok(Store {
+        let store = Store {
             pool,
             instance,
             lease: settings.lease,
             writes,
-        })
+            clock,
+            held: Arc::default(),
+        };
+        if !sqlite {
+            store.sync_clock().await?;
+        }
+        Ok(store)
+    }
+
+    /// Measures the offset between this host's clock and the database's (PostgreSQL).
+    pub async fn sync_clock(&self) -> Result<(), StoreError> {
+        if self.pool.connect_options().database_url.scheme() == "sqlite" {
+            return Ok(());
+        }
+        let before = self.clock.now();
+        let db: i64 = sqlx::query_scalar(
+            "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let after = self.clock.now();
+        self.clock
+            .offset_ms
+            .store(db - (before + after) / 2, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The store's clock (see [`Clock`]).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Marks `ticket_id` as in flight in this process until the hold is dropped: its lease
+    /// is renewed meanwhile, and only then.
+    pub fn hold(&self, ticket_id: &str) -> Hold {
+        *self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ticket_id.to_string())
+            .or_default() += 1;
+        Hold {
+            held: self.held.clone(),
+            ticket_id: ticket_id.to_string(),
+        }
     }
 
     pub fn instance(&self) -> &str {
@@ -294,7 +381,7 @@ impl Store {
              ORDER BY updated_at LIMIT $3"
         ))
         .bind(before)
-        .bind(now_ms())
+        .bind(self.clock.now())
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
@@ -378,7 +465,7 @@ impl Store {
         )
         .bind(ticket_id)
         .bind(error)
-        .bind(now_ms())
+        .bind(self.clock.now())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -394,7 +481,7 @@ impl Store {
         .bind(ticket_id)
         .bind(&self.instance)
         .bind(error)
-        .bind(now_ms())
+        .bind(self.clock.now())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -402,7 +489,7 @@ impl Store {
 
     /// Takes an active ticket for a close call.
     pub async fn claim_close(&self, ticket_id: &str) -> Result<CloseClaim, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now();
         let claimed: Option<TicketRecord> = sqlx::query_as(&format!(
             "UPDATE tickets SET state = 'closing', owner = $2, lease_until = $3, updated_at = $4 \
              WHERE ticket_id = $1 AND (state = 'active' OR (state = 'closing' AND (owner IS NULL \
@@ -435,7 +522,7 @@ impl Store {
         bot_id: &str,
         user_id: &str,
     ) -> Result<CloseClaim, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now();
         let inserted: Option<TicketRecord> = sqlx::query_as(&format!(
             "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, attempts, created_at, updated_at) \
              VALUES ($1, $2, $3, 'closing', $4, $5, 0, $6, $6) ON CONFLICT (ticket_id) DO NOTHING \
@@ -459,7 +546,7 @@ impl Store {
     /// message named none): a later `ticket.opened` for it then makes no start call. Unknown
     /// when recorded; otherwise the claim of the row that appeared meanwhile.
     pub async fn resolve_unstarted(&self, ticket_id: &str) -> Result<CloseClaim, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now();
         let inserted = sqlx::query(
             "INSERT INTO tickets (ticket_id, state, ended_reason, attempts, created_at, updated_at) \
              VALUES ($1, 'closed', 'never_started', 0, $2, $2) ON CONFLICT (ticket_id) DO NOTHING",
@@ -488,7 +575,7 @@ impl Store {
         .bind(ticket_id)
         .bind(conversation_id)
         .bind(ended_reason)
-        .bind(now_ms())
+        .bind(self.clock.now())
         .execute(&self.pool)
         .await?;
         self.get(ticket_id)
@@ -505,22 +592,40 @@ impl Store {
         )
         .bind(ticket_id)
         .bind(error)
-        .bind(now_ms())
+        .bind(self.clock.now())
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Extends the hold on every ticket this process is working on.
+    /// Extends the lease of every ticket in flight in this process (see [`Store::hold`]);
+    /// a ticket this process holds in the store but no longer works on (a write that failed
+    /// after Jelou answered, say) is left to expire, so another pass can take it.
     pub async fn renew_leases(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE tickets SET lease_until = $1 WHERE owner = $2 AND state IN ('starting', 'closing')",
-        )
-        .bind(now_ms() + self.lease_ms())
-        .bind(&self.instance)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        let held: Vec<String> = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let mut renewed = 0;
+        for chunk in held.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "UPDATE tickets SET lease_until = $1 WHERE owner = $2 \
+                 AND state IN ('starting', 'closing') AND ticket_id IN ({})",
+                list.join(", ")
+            );
+            let mut query = sqlx::query(&sql)
+                .bind(self.clock.now() + self.lease_ms())
+                .bind(&self.instance);
+            for t in chunk {
+                query = query.bind(t);
+            }
+            renewed += query.execute(&self.pool).await?.rows_affected();
+        }
+        Ok(renewed)
     }
 
     /// Jelou said a conversation started for this ticket (its webhook), in this room.
@@ -539,7 +644,7 @@ impl Store {
         .bind(ticket_id)
         .bind(conversation_id)
         .bind(room_id)
-        .bind(now_ms())
+        .bind(self.clock.now())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -552,7 +657,7 @@ impl Store {
         )
         .bind(conversation_id)
         .bind(room_id)
-        .bind(now_ms())
+        .bind(self.clock.now())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -567,7 +672,7 @@ impl Store {
         message_id: &str,
         conversation_id: &str,
     ) -> Result<MessageClaim, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now();
         let claimed = sqlx::query(
             "INSERT INTO sent_messages (ticket_id, message_id, conversation_id, state, owner, lease_until, created_at, updated_at) \
              VALUES ($1, $2, $3, 'sending', $4, $5, $6, $6) \
@@ -615,7 +720,7 @@ impl Store {
         )
         .bind(ticket_id)
         .bind(message_id)
-        .bind(now_ms())
+        .bind(self.clock.now())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -657,7 +762,7 @@ impl Store {
         )
         .bind(conversation_id)
         .bind(reason)
-        .bind(now_ms())
+        .bind(self.clock.now())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -670,7 +775,7 @@ impl Store {
         key: &str,
         stale_after: Duration,
     ) -> Result<WebhookClaim, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now();
         let claimed = sqlx::query(
             "INSERT INTO webhook_events (event_key, received_at, published) VALUES ($1, $2, 0) \
              ON CONFLICT (event_key) DO UPDATE SET received_at = excluded.received_at \

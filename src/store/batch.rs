@@ -16,7 +16,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, StoreError, TicketRecord, COLUMNS, SUPERSEDED};
+use super::{Clock, StoreError, TicketRecord, COLUMNS, SUPERSEDED};
 
 /// Most rows in one statement. It also bounds how many distinct statements (one per batch
 /// size) the driver keeps prepared.
@@ -60,9 +60,9 @@ pub(super) struct Batcher {
 }
 
 impl Batcher {
-    pub(super) fn start(pool: AnyPool, instance: String, lease_ms: i64) -> Batcher {
+    pub(super) fn start(pool: AnyPool, clock: Clock, instance: String, lease_ms: i64) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, instance, lease_ms, rx));
+        tokio::spawn(run(pool, clock, instance, lease_ms, rx));
         Batcher { tx }
     }
 
@@ -120,6 +120,8 @@ fn stopped() -> StoreError {
 /// an error, so that a broken one is replaced.
 struct Writer {
     pool: AnyPool,
+    /// The store's clock: leases are written and compared on it.
+    clock: Clock,
     conn: Option<PoolConnection<Any>>,
     closed: bool,
 }
@@ -153,12 +155,14 @@ impl Writer {
 
 async fn run(
     pool: AnyPool,
+    clock: Clock,
     instance: String,
     lease_ms: i64,
     mut rx: mpsc::UnboundedReceiver<Write>,
 ) {
     let mut writer = Writer {
         pool,
+        clock,
         conn: None,
         closed: false,
     };
@@ -268,7 +272,7 @@ async fn claim_rows(
          RETURNING ticket_id, conversation_id",
         rows.join(", ")
     );
-    let now = now_ms();
+    let now = writer.clock.now();
     let mut query = sqlx::query_as::<_, (String, Option<String>)>(&sql)
         .bind(instance)
         .bind(now + lease_ms)
@@ -343,7 +347,7 @@ async fn supersede_after(
          AND tickets.conversation_id <> v.column4",
         values.join(", ")
     );
-    let mut query = sqlx::query(&sql).bind(now_ms());
+    let mut query = sqlx::query(&sql).bind(writer.clock.now());
     for r in &started {
         query = query
             .bind(&r.ticket_id)
@@ -395,7 +399,7 @@ async fn finish_rows(
          RETURNING {COLUMNS}",
         rows.join(", ")
     );
-    let mut query = sqlx::query_as::<_, TicketRecord>(&sql).bind(now_ms());
+    let mut query = sqlx::query_as::<_, TicketRecord>(&sql).bind(writer.clock.now());
     for f in finishes {
         query = query.bind(&f.ticket_id).bind(&f.conversation_id);
     }

@@ -122,8 +122,15 @@ async fn live_lease_makes_others_wait_and_an_expired_one_is_taken_over(backend: 
     let held = a.get("T-1").await.unwrap().unwrap();
     let before = held.lease_until.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(a.renew_leases().await.unwrap(), 1);
+    assert_eq!(
+        a.renew_leases().await.unwrap(),
+        0,
+        "a ticket the process holds in the store but no longer works on is not renewed"
+    );
+    let working = a.hold("T-1");
+    assert_eq!(a.renew_leases().await.unwrap(), 1, "in flight: renewed");
     assert_eq!(b.renew_leases().await.unwrap(), 0, "b holds nothing");
+    drop(working);
     let renewed = a.get("T-1").await.unwrap().unwrap().lease_until.unwrap();
     assert!(renewed > before, "renewal pushes the lease out");
 

@@ -6,28 +6,6 @@ use crate::harness::*;
 
 const TICKETS: usize = 400;
 
-/// Brings the broker back even when the test fails half-way.
-struct BrokerStopped;
-
-impl BrokerStopped {
-    fn stop() -> BrokerStopped {
-        rabbitmqctl(&["stop_app"]);
-        BrokerStopped
-    }
-
-    fn start(self) {
-        std::mem::forget(self);
-        rabbitmqctl(&["start_app"]);
-        rabbitmqctl(&["await_startup"]);
-    }
-}
-
-impl Drop for BrokerStopped {
-    fn drop(&mut self) {
-        rabbitmqctl(&["start_app"]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_under_load_reconnects_and_every_ticket_gets_one_result() {
     let scenario = Scenario::new(

@@ -59,14 +59,26 @@ impl Scenario {
     /// `settings` are `(KEY, value)` pairs for `JELOU_BRIDGE__KEY`, over the scenario's
     /// defaults (short retries and reconnects, a 2 s lease, 10 s of shutdown grace).
     pub async fn new(store: StoreKind, latency: Duration, settings: &[(&str, &str)]) -> Scenario {
+        let options = MockOptions {
+            latency,
+            ..MockOptions::default()
+        };
+        Scenario::with_mock(store, options, settings).await
+    }
+
+    /// As [`Scenario::new`], with the stand-in's options (its API key is the scenario's).
+    pub async fn with_mock(
+        store: StoreKind,
+        mock: MockOptions,
+        settings: &[(&str, &str)],
+    ) -> Scenario {
         let name = unique("jbt-fault");
         let dir = tempfile::tempdir().unwrap();
         let mock = MockJelou::start(
             "127.0.0.1:0".parse().unwrap(),
             MockOptions {
                 api_key: Some(API_KEY.into()),
-                latency,
-                ..MockOptions::default()
+                ..mock
             },
         )
         .await
@@ -131,6 +143,21 @@ impl Scenario {
 
     pub fn dead_queue(&self) -> String {
         format!("{}.dead", self.queue)
+    }
+
+    /// The scenario's store, opened from this process (to read what the bridge recorded).
+    pub async fn store(&self) -> jelou_bridge::store::Store {
+        let url = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "JELOU_BRIDGE__STORE__URL")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let mut settings = jelou_bridge::config::Settings::defaults().store;
+        settings.url = secrecy::SecretString::from(url);
+        jelou_bridge::store::Store::connect(&settings, "fault-test".into())
+            .await
+            .unwrap()
     }
 
     pub fn delay_queue(&self, delay: &str) -> String {
@@ -761,6 +788,29 @@ pub async fn assert_nothing_dead_lettered(scenario: &Scenario) {
         0,
         "nothing dead-lettered"
     );
+}
+
+/// The broker stopped (`rabbitmqctl stop_app`); brought back even when the test fails
+/// half-way.
+pub struct BrokerStopped;
+
+impl BrokerStopped {
+    pub fn stop() -> BrokerStopped {
+        rabbitmqctl(&["stop_app"]);
+        BrokerStopped
+    }
+
+    pub fn start(self) {
+        std::mem::forget(self);
+        rabbitmqctl(&["start_app"]);
+        rabbitmqctl(&["await_startup"]);
+    }
+}
+
+impl Drop for BrokerStopped {
+    fn drop(&mut self) {
+        rabbitmqctl(&["start_app"]);
+    }
 }
 
 /// Runs `rabbitmqctl` (through `sudo -n` when not root).

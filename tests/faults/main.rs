@@ -14,6 +14,8 @@ mod support;
 mod harness;
 
 mod broker_restart;
+mod chaos;
+mod close_crash;
 mod duplicates;
 mod jelou_down;
 mod kill9;
