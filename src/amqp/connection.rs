@@ -1,27 +1,100 @@
-//! Opening a broker connection: plain or TLS (rustls, an extra CA, a client certificate).
+//! Opening a broker connection: plain or TLS (rustls, an extra CA, a client certificate), to
+//! `amqp.url` or to any node of the cluster ([`Nodes`]: `amqp.url` and `amqp.failover_urls`).
 
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::AmqpSettings;
+use crate::config::{redacted_url, AmqpSettings};
 
-/// Connects once; the caller decides about retrying. Errors never carry the password.
+/// Connects once to `amqp.url`; the caller decides about retrying. Errors never carry the
+/// password.
 pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Connection> {
+    connect_to(settings, &settings.url, name).await
+}
+
+/// Connects once to one node of the cluster, with the TLS settings of `settings`.
+pub async fn connect_to(
+    settings: &AmqpSettings,
+    url: &SecretString,
+    name: &str,
+) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
-    let url = settings.url.expose_secret();
     let tls = tls_config(settings)?;
     let runtime = lapin::runtime::default_runtime()
         .map_err(|e| anyhow::anyhow!("no async runtime for the broker connection: {e}"))?;
-    Connection::connect_with_config(url, props, tls, runtime)
+    Connection::connect_with_config(url.expose_secret(), props, tls, runtime)
         .await
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot connect to the broker at {}: {}",
-                settings.redacted_url(),
+                redacted_url(url.expose_secret()),
                 crate::jelou::client::error_chain(&e)
             )
         })
+}
+
+/// The nodes of the cluster as the consumer's supervisor walks them: it stays on the current
+/// node while that one answers, and on a failed attempt moves to the next, round the list.
+/// The walk starts at a random node, so replicas started together spread over the cluster
+/// instead of all crowding the first node of the list.
+pub struct Nodes {
+    urls: Vec<SecretString>,
+    /// Passwords replaced: what logs and `/metrics` name a node by.
+    names: Vec<String>,
+    current: usize,
+}
+
+impl Nodes {
+    pub fn new(settings: &AmqpSettings) -> Nodes {
+        let urls = settings.node_urls();
+        let names = urls
+            .iter()
+            .map(|u| redacted_url(u.expose_secret()))
+            .collect();
+        let current = fastrand::usize(..urls.len());
+        Nodes {
+            urls,
+            names,
+            current,
+        }
+    }
+
+    /// The node to try (or in use).
+    pub fn current(&self) -> &SecretString {
+        &self.urls[self.current]
+    }
+
+    /// The current node's URL, password redacted.
+    pub fn name(&self) -> &str {
+        &self.names[self.current]
+    }
+
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+
+    /// Moves on to the next node (round the list); with a single node, stays on it.
+    pub fn advance(&mut self) {
+        self.current = (self.current + 1) % self.urls.len();
+    }
+
+    /// `jelou_bridge_broker_node{node}`: 1 for the node the bridge is connected to, 0 for the
+    /// others (all 0 while it has no connection).
+    pub fn record(&self, connected: bool) {
+        for (i, name) in self.names.iter().enumerate() {
+            let on = connected && i == self.current;
+            metrics::gauge!("jelou_bridge_broker_node", "node" => name.clone()).set(if on {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
 }
 
 fn tls_config(settings: &AmqpSettings) -> anyhow::Result<OwnedTLSConfig> {
