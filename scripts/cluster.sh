@@ -10,6 +10,8 @@
 #   scripts/cluster.sh status    one line per node: running or not
 #   scripts/cluster.sh urls      the nodes' AMQP URLs, comma-separated (amqp.url + failover_urls)
 #   scripts/cluster.sh ctl N …   rabbitmqctl against node N (1-3), e.g. `ctl 2 stop_app`
+#   scripts/cluster.sh diag N …  rabbitmq-diagnostics against node N, e.g.
+#                                `diag 2 check_if_node_is_quorum_critical` before stopping it
 #   scripts/cluster.sh stop      stop every node, keep the data
 #   scripts/cluster.sh clean     stop every node and delete the data
 #
@@ -73,6 +75,11 @@ node_env() {
 ctl() { # node args…
   local n=$1; shift
   (node_env "$n"; "$bin/rabbitmqctl" -n "$(node_name "$n")" "$@")
+}
+
+diag() { # node args…
+  local n=$1; shift
+  (node_env "$n"; "$bin/rabbitmq-diagnostics" -n "$(node_name "$n")" "$@")
 }
 
 # The node's Erlang VM answers (its RabbitMQ application may be stopped).
@@ -178,5 +185,6 @@ case "${1:-start}" in
   status) status ;;
   urls) urls ;;
   ctl) shift; [ $# -ge 2 ] || die "usage: $0 ctl N command…"; ctl "$@" ;;
-  *) echo "usage: $0 [start|stop|clean|status|urls|ctl N …]" >&2; exit 2 ;;
+  diag) shift; [ $# -ge 2 ] || die "usage: $0 diag N command…"; diag "$@" ;;
+  *) echo "usage: $0 [start|stop|clean|status|urls|ctl N …|diag N …]" >&2; exit 2 ;;
 esac

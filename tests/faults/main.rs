@@ -7,6 +7,9 @@
 //! this binary runs alone and one test at a time: `scripts/test.sh` runs it after the parallel
 //! tests with `--test-threads=1`. By hand, next to other users of the broker, hold its lock
 //! exclusively: `flock -x /tmp/jb-broker.lock cargo test --test faults -- --test-threads=1`.
+//!
+//! The `cluster` scenarios stop nodes of a private 3-node cluster (`scripts/cluster.sh`, which
+//! they start when it is not running), never the main broker.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -14,6 +17,7 @@ mod support;
 mod harness;
 
 mod broker_restart;
+mod cluster;
 mod duplicates;
 mod jelou_down;
 mod kill9;
