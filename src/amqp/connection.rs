@@ -119,3 +119,43 @@ fn tls_config(settings: &AmqpSettings) -> anyhow::Result<OwnedTLSConfig> {
         cert_chain,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    #[test]
+    fn nodes_go_round_every_url_and_never_name_a_password() {
+        let mut settings = Settings::defaults().amqp;
+        settings.url = "amqp://u:pw-1@a:5672/%2f".into();
+        settings.failover_urls = vec![
+            "amqp://u:pw-2@b:5672/%2f".into(),
+            "amqps://u:pw-3@c/%2f".into(),
+        ];
+        let mut nodes = Nodes::new(&settings);
+        assert_eq!(nodes.len(), 3);
+        let start = nodes.name().to_string();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            assert!(!nodes.name().contains("pw-"), "{}", nodes.name());
+            seen.push(nodes.name().to_string());
+            nodes.advance();
+        }
+        assert_eq!(nodes.name(), start, "round the list, back to the start");
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                "amqp://u:redacted@a:5672/%2f",
+                "amqp://u:redacted@b:5672/%2f",
+                "amqps://u:redacted@c/%2f"
+            ]
+        );
+
+        settings.failover_urls.clear();
+        let mut single = Nodes::new(&settings);
+        single.advance();
+        assert_eq!(single.current().expose_secret(), "amqp://u:pw-1@a:5672/%2f");
+    }
+}
