@@ -26,6 +26,8 @@ bin=/usr/lib/rabbitmq/bin
 
 say() { printf '[cluster] %s\n' "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
+# Any other failed command ends the script too: say which, so a failed start is never silent.
+trap 'say "FAILED (line $LINENO): $BASH_COMMAND"' ERR
 
 node_name() { echo "jbc$1@localhost"; }
 node_port() { echo $((port0 + $1)); }
@@ -89,7 +91,10 @@ running() { alive "$1" && ctl "$1" -q await_startup --timeout 2 >/dev/null 2>&1;
 prepare() {
   mkdir -p "$base"
   if [ ! -s "$base/.erlang.cookie" ]; then
-    tr -dc 'A-Z' </dev/urandom | head -c 32 >"$base/.erlang.cookie"
+    local cookie
+    # tr ends on SIGPIPE once head has its 32 characters: not a failure.
+    cookie=$(LC_ALL=C tr -dc 'A-Z' </dev/urandom | head -c 32 || true)
+    (umask 077; printf '%s' "$cookie" >"$base/.erlang.cookie")
   fi
   chmod 400 "$base/.erlang.cookie"
   : >"$base/rabbitmq-env.conf"
@@ -128,8 +133,19 @@ in_cluster() { # node: is it a running member of node 1's cluster?
   ctl 1 -q cluster_status --formatter json 2>/dev/null | grep -q "\"$(node_name "$1")\""
 }
 
+all_running() {
+  local n members
+  for n in "${nodes[@]}"; do port_open "$(node_port "$n")" || return 1; done
+  members=$(ctl 1 -q cluster_status --formatter json 2>/dev/null | grep -o '"running_nodes":\[[^]]*\]') || return 1
+  for n in "${nodes[@]}"; do grep -q "$(node_name "$n")" <<<"$members" || return 1; done
+}
+
 start() {
   ensure_installed
+  if [ -s "$base/.erlang.cookie" ] && all_running; then
+    say "3-node cluster up: $(urls)"
+    return
+  fi
   prepare
   local n
   # All at once: a node that was clustered waits for its peers when it boots.
@@ -138,18 +154,16 @@ start() {
   for n in 2 3; do
     if ! in_cluster "$n"; then
       say "joining $(node_name "$n") to $(node_name 1)"
-      ctl "$n" -q stop_app >/dev/null
-      ctl "$n" -q reset >/dev/null
-      ctl "$n" -q join_cluster "$(node_name 1)" >/dev/null || die "$(node_name "$n") could not join"
-      ctl "$n" -q start_app >/dev/null
+      # The CLI is chatty while a node joins; its output goes to the node's log directory.
+      {
+        ctl "$n" -q stop_app && ctl "$n" -q reset \
+          && ctl "$n" -q join_cluster "$(node_name 1)" && ctl "$n" -q start_app
+      } >>"$base/n$n/log/join.log" 2>&1 \
+        || die "$(node_name "$n") could not join: see $base/n$n/log/join.log"
       await_node "$n"
     fi
   done
-  local members
-  members=$(ctl 1 -q cluster_status --formatter json | grep -o '"running_nodes":\[[^]]*\]' || true)
-  for n in "${nodes[@]}"; do
-    grep -q "$(node_name "$n")" <<<"$members" || die "$(node_name "$n") is not running in the cluster: $members"
-  done
+  all_running || die "the three nodes do not all run in one cluster: $(ctl 1 -q cluster_status 2>&1 | tr '\n' ' ')"
   say "3-node cluster up: $(urls)"
 }
 
