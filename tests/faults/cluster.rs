@@ -323,11 +323,13 @@ async fn a_rolling_restart_of_every_node_under_load_loses_nothing_and_starts_not
         &[("AMQP__PREFETCH", "8")],
     )
     .await;
-    let observer = Observer::start(&scenario).await;
+    let observer = Arc::new(Observer::start(&scenario).await);
     let mut bridge = scenario.start_bridge().await;
     burst_under_way(&scenario, &observer, ROLLING_TICKETS, 50).await;
 
+    let progress = Progress::start(observer.clone(), ROLLING_TICKETS);
     let _lock = broker_lock().await;
+    let restart_at = Instant::now();
     let mut done_before_last = 0;
     for node in 1..=3 {
         // As an operator would: never stop a node the quorum queues cannot do without.
@@ -357,7 +359,20 @@ async fn a_rolling_restart_of_every_node_under_load_loses_nothing_and_starts_not
         "the load lasted until the last restart ({done_before_last} of {ROLLING_TICKETS} done)"
     );
 
-    observer.wait_all_started(ROLLING_TICKETS).await;
+    let tally = observer.wait_all_started(ROLLING_TICKETS).await;
+    let stall = progress.longest_stall_since(restart_at);
+    eprintln!(
+        "rolling restart: {done_before_last} of {ROLLING_TICKETS} tickets done before the last \
+         node stopped; longest time without a ticket getting its result: {:.1}s; {} tickets \
+         had conversation.started published again; the bridge lost its node {} times",
+        stall.as_secs_f64(),
+        repeated_started(&tally),
+        bridge.log().matches("lost the broker node").count()
+    );
+    assert!(
+        stall < Duration::from_secs(15),
+        "a node's restart stalled the bridge for {stall:?}"
+    );
     assert_one_start_call_each(&scenario.mock, ROLLING_TICKETS);
     assert!(bridge.exited().is_none(), "the bridge never exited");
     bridge.wait_ready(Duration::from_secs(30)).await;
