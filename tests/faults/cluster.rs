@@ -383,3 +383,88 @@ async fn a_rolling_restart_of_every_node_under_load_loses_nothing_and_starts_not
     assert_eq!(scenario.depth(&scenario.queue).await, 0, "nothing left");
     assert_nothing_dead_lettered(&scenario).await;
 }
+
+const SHARD_TICKETS: usize = 600;
+/// How far a ticket's `ticket.resolved` trails its `ticket.opened` in the publish sequence:
+/// both events of one ticket are queued at once, in the same shard.
+const LAG: usize = 7;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sharded_topology_on_the_cluster_keeps_each_tickets_order_through_a_node_loss() {
+    let urls = cluster_urls();
+    let mut scenario = Scenario::on_broker(
+        urls.clone(),
+        StoreKind::Postgres,
+        Duration::from_millis(200),
+        &[("AMQP__PREFETCH", "8")],
+    )
+    .await;
+    scenario.shard(4, 2);
+    let observer = Arc::new(Observer::start(&scenario).await);
+    let mut replicas = [
+        scenario.start_replica(0).await,
+        scenario.start_replica(1).await,
+    ];
+    let helpdesk = Helpdesk::connect(&scenario).await;
+    let events = (0..SHARD_TICKETS + LAG).flat_map(|i| {
+        let open = (i < SHARD_TICKETS).then(|| opened(i));
+        let resolve = i.checked_sub(LAG).map(resolved);
+        open.into_iter().chain(resolve)
+    });
+    helpdesk.publish_all(events).await;
+    helpdesk.close().await;
+    observer
+        .wait_for("the burst under way", Duration::from_secs(60), |t| {
+            t.count(SHARD_TICKETS, |r| !r.closed.is_empty()) >= 50
+        })
+        .await;
+
+    let lost = connected_node(&replicas[0], &urls)
+        .await
+        .expect("/metrics names the node replica 0 is on");
+    let _lock = broker_lock().await;
+    let stopped = NodeStopped::stop(lost);
+    let done_at_loss = observer
+        .tally()
+        .count(SHARD_TICKETS, |r| !r.closed.is_empty());
+    assert!(
+        done_at_loss < SHARD_TICKETS,
+        "the node went down under load ({done_at_loss} of {SHARD_TICKETS} closed)"
+    );
+    let tally = observer
+        .wait_for("every ticket closed", Duration::from_secs(120), |t| {
+            t.all_closed(SHARD_TICKETS)
+        })
+        .await;
+    stopped.start();
+
+    tally.assert_one_conversation_each(SHARD_TICKETS);
+    // Per-ticket order on the bus: a ticket's conversation is announced started before it is
+    // announced closed (a repeated `conversation.started` may follow, never precede, that).
+    let seen = observer.seen();
+    for i in 0..SHARD_TICKETS {
+        let t = format!("T-{i}");
+        let first = |key: &str| {
+            seen.iter()
+                .position(|s| s.ticket() == t && s.routing_key == key)
+                .unwrap_or_else(|| panic!("{t}: no {key}"))
+        };
+        assert!(
+            first("conversation.started") < first("conversation.closed"),
+            "{t}: closed before it was started on the bus"
+        );
+    }
+    assert_one_start_call_each(&scenario.mock, SHARD_TICKETS);
+    assert_one_close_call_each_after_its_start(&scenario.mock, SHARD_TICKETS);
+    for (i, replica) in replicas.iter_mut().enumerate() {
+        assert!(replica.exited().is_none(), "replica {i} kept running");
+    }
+    assert!(
+        replicas[0].log().contains("lost the broker node"),
+        "replica 0 lost its node"
+    );
+    for shard in &scenario.shards {
+        assert_eq!(scenario.depth(shard).await, 0, "{shard} drained");
+    }
+    assert_nothing_dead_lettered(&scenario).await;
+}

@@ -80,6 +80,8 @@ pub struct Scenario {
     pub dir: tempfile::TempDir,
     /// The broker nodes the test's own clients use: the main broker, or the cluster's nodes.
     pub urls: Vec<String>,
+    /// The shard queues of the sharded topology ([`Scenario::shard`]); empty without it.
+    pub shards: Vec<String>,
     env: Vec<(String, String)>,
     delays: Vec<String>,
     _pg: Option<PgDatabase>,
@@ -163,6 +165,7 @@ impl Scenario {
             mock,
             dir,
             urls,
+            shards: Vec::new(),
             env: env
                 .into_iter()
                 .map(|(k, v)| (format!("JELOU_BRIDGE__{k}"), v))
@@ -178,6 +181,38 @@ impl Scenario {
 
     pub fn delay_queue(&self, delay: &str) -> String {
         format!("{}.delay.{delay}", self.queue)
+    }
+
+    /// Turns the scenario into the sharded topology of the README's scaling recipe: a
+    /// consistent-hash exchange on `x-ticket-id` in front of `shards` single-active-consumer
+    /// queues, shared by `replicas` processes ([`Scenario::start_replica`]).
+    pub fn shard(&mut self, shards: usize, replicas: usize) {
+        self.shards = (0..shards)
+            .map(|i| format!("{}.shard-{i}", self.queue))
+            .collect();
+        for (key, value) in [
+            ("AMQP__SHARD_EXCHANGE", self.shard_exchange()),
+            ("AMQP__CONSUME_QUEUES", self.shards.join(",")),
+            ("AMQP__REPLICA_COUNT", replicas.to_string()),
+        ] {
+            self.env.push((format!("JELOU_BRIDGE__{key}"), value));
+        }
+    }
+
+    pub fn shard_exchange(&self) -> String {
+        format!("{}.shards", self.name)
+    }
+
+    /// Starts replica `index` of the sharded topology and waits until it is ready.
+    pub async fn start_replica(&self, index: usize) -> BridgeProcess {
+        let mut env = self.env.clone();
+        env.push((
+            "JELOU_BRIDGE__AMQP__REPLICA_INDEX".into(),
+            index.to_string(),
+        ));
+        let bridge = BridgeProcess::spawn(&env, self.dir.path());
+        bridge.wait_ready(Duration::from_secs(30)).await;
+        bridge
     }
 
     /// Whether the scenario runs on several nodes: its observer queue is then a quorum queue,
@@ -218,11 +253,18 @@ impl Drop for Scenario {
             format!("{}.observed", self.name),
         ];
         queues.extend(self.delays.iter().map(|d| self.delay_queue(d)));
-        let exchanges = [
+        for shard in &self.shards {
+            queues.push(shard.clone());
+            queues.extend(self.delays.iter().map(|d| format!("{shard}.delay.{d}")));
+        }
+        let mut exchanges = vec![
             self.exchange.clone(),
             self.events_exchange.clone(),
             format!("{}.dlx", self.queue),
         ];
+        if !self.shards.is_empty() {
+            exchanges.push(self.shard_exchange());
+        }
         let urls = self.urls.clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -429,10 +471,20 @@ impl Helpdesk {
     ) {
         let mut confirms = Vec::new();
         for (key, body, message_id) in messages {
+            // As the README asks of the helpdesk: the ticket id in `x-ticket-id` too, which
+            // the sharded topology hashes (the other topologies ignore it).
+            let mut headers = FieldTable::default();
+            if let Some(ticket) = body["ticketId"].as_str() {
+                headers.insert(
+                    "x-ticket-id".into(),
+                    lapin::types::AMQPValue::LongString(ticket.into()),
+                );
+            }
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into())
-                .with_message_id(message_id.into());
+                .with_message_id(message_id.into())
+                .with_headers(headers);
             let confirm = self
                 .channel
                 .basic_publish(
