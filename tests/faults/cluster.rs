@@ -210,6 +210,19 @@ impl Progress {
     }
 }
 
+/// From the bridge's JSON log: the time between its first "lost the broker node" and the
+/// next "consuming" (on the new node): how long the reconnection itself took.
+fn reconnection_time(log: &str) -> Option<Duration> {
+    let at = |line: &str| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        humantime::parse_rfc3339_weak(v["timestamp"].as_str()?.trim_end_matches('Z')).ok()
+    };
+    let mut lines = log.lines();
+    let lost = lines.find(|l| l.contains("\"lost the broker node"))?;
+    let back = lines.find(|l| l.contains("\"message\":\"consuming\""))?;
+    at(back)?.duration_since(at(lost)?).ok()
+}
+
 /// Tickets whose `conversation.started` came more than once (always with the one
 /// conversation id: [`Tally::assert_one_conversation_each`] checks that).
 fn repeated_started(tally: &Tally) -> usize {
@@ -285,6 +298,11 @@ async fn losing_the_node_the_bridge_is_on_moves_it_to_another_node_and_loses_no_
 
     let repeats = repeated_started(&tally);
     let log = bridge.log();
+    let reconnection = reconnection_time(&log).expect("the log shows the loss and the return");
+    eprintln!(
+        "node loss: consuming on node {second} {:.2}s after losing node {first}",
+        reconnection.as_secs_f64()
+    );
     eprintln!(
         "node loss: {repeats} tickets had conversation.started published again; {} outcomes \
          could not be published (confirm unknown) and went back to the queue; {} acks lost",
