@@ -7,13 +7,22 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{redacted_url, AmqpSettings};
 
-/// Connects once to `amqp.url`; the caller decides about retrying. Errors never carry the
-/// password.
+/// Connects once to `amqp.url`, or when it refuses, to the first of `amqp.failover_urls` that
+/// takes the connection (the operator commands: any node of the cluster serves them). The
+/// caller decides about retrying. Errors never carry a password.
 pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Connection> {
-    connect_to(settings, &settings.url, name).await
+    let mut failures = Vec::new();
+    for url in settings.node_urls() {
+        match connect_to(settings, &url, name).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(anyhow::anyhow!(failures.join("; ")))
 }
 
-/// Connects once to one node of the cluster, with the TLS settings of `settings`.
+/// Connects once to one node of the cluster, with the TLS settings of `settings`. Bounded by
+/// the caller: a node that takes TCP but never completes the handshake holds it.
 pub async fn connect_to(
     settings: &AmqpSettings,
     url: &SecretString,

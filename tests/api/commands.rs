@@ -454,6 +454,24 @@ async fn check_config_probe_checks_every_failover_node_without_showing_its_passw
     assert!(lines[3].contains("store: ok") && lines[4].contains("jelou: ok"));
     assert!(!out.stdout.contains("n0de-s3cret"), "{}", out.stdout);
     assert!(!out.stderr.contains("n0de-s3cret"), "{}", out.stderr);
+
+    // The operator commands take the first node that answers.
+    let mut down_first = app.settings.clone();
+    down_first.amqp.url = format!("amqp://guest:n0de-s3cret@127.0.0.1:{closed_port}/%2f").into();
+    let mut cmd = command(&down_first);
+    cmd.env("JELOU_BRIDGE__AMQP__FAILOVER_URLS", amqp_url());
+    let out = run_cmd(cmd, "dlq list").await;
+    out.assert_code(0);
+    assert!(out.stdout.contains("dead letter(s) in"), "{}", out.stdout);
+    let mut cmd = command(&down_first);
+    cmd.env(
+        "JELOU_BRIDGE__AMQP__FAILOVER_URLS",
+        format!("amqp://guest:n0de-s3cret@127.0.0.1:{closed_port}/%2f"),
+    );
+    let out = run_cmd(cmd, "dlq list").await;
+    out.assert_code(1);
+    assert!(out.stderr.contains("refused"), "{}", out.stderr);
+    assert!(!out.stderr.contains("n0de-s3cret"), "{}", out.stderr);
     app.stop().await;
 }
 
