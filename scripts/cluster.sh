@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A private 3-node RabbitMQ cluster on this machine, for trying `amqp.failover_urls` and for
 # the fault tests that stop nodes under load. It stays apart from the main broker on 5672:
-# its own node names (jbc1@localhost …), AMQP ports (5681-5683 by default), distribution
-# ports, data and log directories, Erlang cookie and configuration; no management plugin;
-# the consistent-hash exchange plugin on every node (the sharded topology).
+# its own node names (jbc5681@localhost …, named by port), AMQP ports (5681-5683 by default),
+# distribution ports, data and log directories, Erlang cookie and configuration; no management
+# plugin; the consistent-hash exchange plugin on every node (the sharded topology).
 #
 #   scripts/cluster.sh [start]   start the cluster (installing rabbitmq-server from Debian's
 #                                packages if missing); what already runs is left alone
@@ -29,7 +29,8 @@ die() { say "FAILED: $*"; exit 1; }
 # Any other failed command ends the script too: say which, so a failed start is never silent.
 trap 'say "FAILED (line $LINENO): $BASH_COMMAND"' ERR
 
-node_name() { echo "jbc$1@localhost"; }
+# Named by port, so that clusters on other JB_CLUSTER_PORTs (and dirs) are other nodes.
+node_name() { echo "jbc$(node_port "$1")@localhost"; }
 node_port() { echo $((port0 + $1)); }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
