@@ -71,6 +71,8 @@ node_env() {
   export RABBITMQ_PLUGINS_EXPAND_DIR="$dir/plugins-expand"
   export RABBITMQ_PID_FILE="$dir/pid"
   export ERL_EPMD_ADDRESS=127.0.0.1
+  # A crashing node or CLI writes its dump here, not into the caller's working directory.
+  export ERL_CRASH_DUMP="$dir/erl_crash.dump"
   export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
   export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 }
