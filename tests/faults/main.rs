@@ -9,7 +9,9 @@
 //! exclusively: `flock -x /tmp/jb-broker.lock cargo test --test faults -- --test-threads=1`.
 //!
 //! The `cluster` scenarios stop nodes of a private 3-node cluster (`scripts/cluster.sh`, which
-//! they start when it is not running), never the main broker.
+//! they start when it is not running), never the main broker. Every scenario that stops a
+//! broker or a node also holds `harness::broker_lock` until it is back, so two of them never
+//! overlap inside this binary even without `--test-threads=1`.
 
 #[path = "../support/mod.rs"]
 mod support;
