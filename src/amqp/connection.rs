@@ -162,6 +162,13 @@ mod tests {
             ]
         );
 
+        // The walk starts at a random node: sixty starts all on one of three nodes would
+        // happen once in 10^28 runs.
+        let starts: std::collections::HashSet<String> = (0..60)
+            .map(|_| Nodes::new(&settings).name().to_string())
+            .collect();
+        assert!(starts.len() > 1, "every start on {starts:?}");
+
         settings.failover_urls.clear();
         let mut single = Nodes::new(&settings);
         single.advance();
