@@ -60,6 +60,14 @@ pub enum QueueType {
 pub struct AmqpSettings {
     #[serde(serialize_with = "redact_url")]
     pub url: SecretString,
+    /// Other nodes of the same cluster (`url`'s TLS settings apply to them too): with
+    /// `url`, the nodes the consumer tries in turn when its connection is lost.
+    #[serde(
+        default,
+        deserialize_with = "secret_list",
+        serialize_with = "redact_urls"
+    )]
+    pub failover_urls: Vec<SecretString>,
     pub exchange: String,
     pub queue: String,
     #[serde(deserialize_with = "string_list")]
@@ -128,6 +136,14 @@ impl AmqpSettings {
     /// The broker URL with its password replaced, for logs and errors.
     pub fn redacted_url(&self) -> String {
         redacted_url(self.url.expose_secret())
+    }
+
+    /// Every node of the cluster: `url`, then `failover_urls`.
+    pub fn node_urls(&self) -> Vec<SecretString> {
+        std::iter::once(&self.url)
+            .chain(&self.failover_urls)
+            .cloned()
+            .collect()
     }
 }
 
@@ -341,6 +357,18 @@ impl Settings {
             .map_err(|e| ConfigError::new("amqp.url", format!("not a URL: {e}")))?;
         if !matches!(url.scheme(), "amqp" | "amqps") {
             return Err(ConfigError::new("amqp.url", "scheme must be amqp or amqps"));
+        }
+        for (i, other) in a.failover_urls.iter().enumerate() {
+            // Which entry, never its text: it may hold a password.
+            let key = "amqp.failover_urls";
+            let url = url::Url::parse(other.expose_secret())
+                .map_err(|e| ConfigError::new(key, format!("entry {}: not a URL: {e}", i + 1)))?;
+            if !matches!(url.scheme(), "amqp" | "amqps") {
+                return Err(ConfigError::new(
+                    key,
+                    format!("entry {}: scheme must be amqp or amqps", i + 1),
+                ));
+            }
         }
         for (key, value) in [
             ("amqp.exchange", &a.exchange),
@@ -574,6 +602,14 @@ fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     })
 }
 
+/// [`string_list`] of secrets: broker URLs that may carry a password.
+fn secret_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    Ok(string_list(d)?
+        .into_iter()
+        .map(SecretString::from)
+        .collect())
+}
+
 fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     string_list(d)?
         .iter()
@@ -688,6 +724,10 @@ pub fn redacted_url(raw: &str) -> String {
 
 fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redacted_url(secret.expose_secret()))
+}
+
+fn redact_urls<S: Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(secrets.iter().map(|u| redacted_url(u.expose_secret())))
 }
 
 fn redact_opt<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -856,16 +896,52 @@ mod tests {
                 ("JELOU_BRIDGE__JELOU__CLIENT_SECRET", "cs-xyz"),
                 ("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", "whsec-1"),
                 ("JELOU_BRIDGE__STORE__URL", "postgres://u:pgpass@db/x"),
+                (
+                    "JELOU_BRIDGE__AMQP__FAILOVER_URLS",
+                    "amqp://bob:hunter3@rabbit-2:5672/%2f, amqps://bob:hunter4@rabbit-3/%2f",
+                ),
             ]),
             true,
         )
         .unwrap();
         let out = s.to_redacted_toml();
-        for secret in ["hunter2", "sk-live-abc", "cs-xyz", "whsec-1", "pgpass"] {
+        for secret in [
+            "hunter2",
+            "hunter3",
+            "hunter4",
+            "sk-live-abc",
+            "cs-xyz",
+            "whsec-1",
+            "pgpass",
+        ] {
             assert!(!out.contains(secret), "{secret} leaked:\n{out}");
         }
         assert!(out.contains("amqp://bob:redacted@rabbit:5672/%2f"), "{out}");
+        assert!(out.contains("amqps://bob:redacted@rabbit-3/%2f"), "{out}");
+        assert_eq!(
+            s.amqp.node_urls().len(),
+            3,
+            "amqp.url and both failover nodes"
+        );
         assert!(!format!("{s:?}").contains("sk-live-abc"));
+    }
+
+    #[test]
+    fn failover_urls_are_checked_without_echoing_them() {
+        let defaults = Settings::load(&vars(&[]), true).unwrap();
+        assert!(defaults.amqp.failover_urls.is_empty());
+        assert_eq!(defaults.amqp.node_urls().len(), 1);
+        let err = Settings::load(
+            &vars(&[(
+                "JELOU_BRIDGE__AMQP__FAILOVER_URLS",
+                "amqp://u:p@ok:5672/%2f,http://u:s3cret@bad/",
+            )]),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "amqp.failover_urls", "{err}");
+        assert!(err.to_string().contains("entry 2"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

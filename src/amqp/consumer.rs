@@ -2,6 +2,12 @@
 //! acks and `amqp.prefetch` deliveries in flight per queue, and start over when the broker
 //! goes away. Reconnection is supervised here rather than by lapin's auto-recovery, so that a
 //! broker restart always ends in a fresh connection, fresh channels and a redeclared topology.
+//!
+//! With `amqp.failover_urls`, a lost connection is retried on the same node first and then on
+//! the other nodes in turn ([`connection::Nodes`]). Work of the lost session needs nothing
+//! special: its publishes fail (their confirms are unknown), so its deliveries are never
+//! acked; the broker gives them to the new session, where the store makes the redelivery
+//! publish the same outcome again without a second Jelou call, and only then acks it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +39,14 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
     let lanes = Arc::new(TicketLanes::default());
     let tracker = TaskTracker::new();
     let mut backoff = reconnect_backoff(&settings.amqp);
+    let mut nodes = connection::Nodes::new(&settings.amqp);
+    nodes.record(false);
     let name = format!("jelou-bridge {}", bridge.store.instance());
     while !shutdown.is_cancelled() {
         let session = tokio::select! {
             // A broker that accepts the TCP connection but never completes the handshake (an
             // overloaded or wedged node) must not hold the supervisor for good.
-            s = tokio::time::timeout(SESSION_SETUP_TIMEOUT, open_session(&bridge, &name)) => {
+            s = tokio::time::timeout(SESSION_SETUP_TIMEOUT, open_session(&bridge, nodes.current(), &name)) => {
                 s.unwrap_or_else(|_| Err(anyhow::anyhow!(
                     "the broker did not complete the connection and topology within {SESSION_SETUP_TIMEOUT:?}"
                 )))
@@ -54,8 +62,10 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
             Ok(s) => s,
             Err(e) => {
                 link.set(None);
+                let failed = nodes.name().to_string();
+                nodes.advance();
                 let delay = backoff.next().unwrap_or(settings.amqp.reconnect_max_delay);
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker unavailable; retrying");
+                warn!(broker = %failed, next = %nodes.name(), error = %e, retry_in_ms = delay.as_millis() as u64, "broker unavailable; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => continue,
                     _ = shutdown.cancelled() => break,
@@ -64,8 +74,9 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
         };
         backoff = reconnect_backoff(&settings.amqp);
         link.set(Some(publisher.clone()));
+        nodes.record(true);
         metrics::gauge!("jelou_bridge_subscribed_queues").set(consuming.len() as f64);
-        info!(broker = %settings.amqp.redacted_url(), queues = ?settings.amqp.own_queues(), prefetch = settings.amqp.prefetch, "consuming");
+        info!(broker = %nodes.name(), queues = ?settings.amqp.own_queues(), prefetch = settings.amqp.prefetch, "consuming");
         // The publishing channel can die on its own (say an exchange was deleted under it);
         // without it no delivery can be settled, so that ends the session too.
         let mut watch = tokio::time::interval(Duration::from_secs(1));
@@ -96,8 +107,10 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
             }
         };
         link.set(None);
+        nodes.record(false);
         metrics::gauge!("jelou_bridge_subscribed_queues").set(0.0);
         if lost {
+            warn!(broker = %nodes.name(), nodes = nodes.len(), "lost the broker node; trying it again, then the other nodes");
             // Deliveries of the lost session cannot be acked any more: the broker gives them
             // to the next session, where the lanes queue them behind any work still running.
             // Bounded, as lapin has been seen to leave futures on a dead connection pending.
@@ -127,9 +140,13 @@ struct Session {
     consuming: Vec<(Channel, String)>,
 }
 
-async fn open_session(bridge: &Bridge, name: &str) -> anyhow::Result<Session> {
+async fn open_session(
+    bridge: &Bridge,
+    node: &secrecy::SecretString,
+    name: &str,
+) -> anyhow::Result<Session> {
     let amqp = &bridge.settings.amqp;
-    let conn = connection::connect(amqp, name).await?;
+    let conn = connection::connect_to(amqp, node, name).await?;
     let publisher = Publisher::open(&conn, amqp.confirm_timeout).await?;
     topology::declare(publisher.channel(), amqp, &bridge.settings.retry)
         .await

@@ -301,22 +301,39 @@ async fn check_config(settings: &Settings, probe: bool) -> anyhow::Result<ExitCo
             println!("# probe {name}: FAILED: {e}");
         }
     };
-    let broker = tokio::time::timeout(
-        Duration::from_secs(10),
-        crate::amqp::connection::connect(&settings.amqp, "jelou-bridge check-config"),
-    )
-    .await;
-    report(
-        "broker",
-        match broker {
-            Ok(Ok(conn)) => {
-                let _ = conn.close(200, "probe done".into()).await;
-                Ok(settings.amqp.redacted_url())
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer within 10s".into()),
-        },
-    );
+    // Every node of the cluster: a failover node that cannot be reached is found now, not
+    // when the bridge needs it.
+    for (i, node) in settings.amqp.node_urls().iter().enumerate() {
+        let name = match i {
+            0 => "broker".to_string(),
+            _ => format!("broker failover_urls[{}]", i - 1),
+        };
+        let broker = tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::amqp::connection::connect_to(&settings.amqp, node, "jelou-bridge check-config"),
+        )
+        .await;
+        report(
+            &name,
+            match broker {
+                Ok(Ok(conn)) => {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        conn.close(200, "probe done".into()),
+                    )
+                    .await;
+                    Ok(crate::config::redacted_url(
+                        secrecy::ExposeSecret::expose_secret(node),
+                    ))
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "{}: no answer within 10s",
+                    crate::config::redacted_url(secrecy::ExposeSecret::expose_secret(node))
+                )),
+            },
+        );
+    }
     let store_url = secrecy::ExposeSecret::expose_secret(&settings.store.url);
     let store = async {
         if store_url.starts_with("sqlite:") {

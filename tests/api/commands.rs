@@ -418,6 +418,64 @@ async fn check_config_probe_checks_each_dependency() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn check_config_probe_checks_every_failover_node_without_showing_its_password() {
+    let app = spawn_app().await;
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = command(&app.settings);
+    cmd.env("JELOU_BRIDGE__JELOU__BASE_URL", app.mock.base_url())
+        .env("JELOU_BRIDGE__JELOU__PROJECT_ID", PROJECT)
+        .env("JELOU_BRIDGE__JELOU__API_KEY", API_KEY)
+        .env(
+            "JELOU_BRIDGE__AMQP__FAILOVER_URLS",
+            format!(
+                "{},amqp://guest:n0de-s3cret@127.0.0.1:{closed_port}/%2f",
+                amqp_url()
+            ),
+        );
+    let out = run_cmd(cmd, "check-config --probe").await;
+    out.assert_code(1);
+    let lines = probe_lines(&out.stdout);
+    assert_eq!(lines.len(), 5, "{}", out.stdout);
+    assert!(lines[0].starts_with("# probe broker: ok"), "{lines:?}");
+    assert!(
+        lines[1].starts_with("# probe broker failover_urls[0]: ok"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].starts_with("# probe broker failover_urls[1]: FAILED")
+            && lines[2].contains("refused")
+            && lines[2].contains(&format!("127.0.0.1:{closed_port}")),
+        "{lines:?}"
+    );
+    assert!(lines[3].contains("store: ok") && lines[4].contains("jelou: ok"));
+    assert!(!out.stdout.contains("n0de-s3cret"), "{}", out.stdout);
+    assert!(!out.stderr.contains("n0de-s3cret"), "{}", out.stderr);
+
+    // The operator commands take the first node that answers.
+    let mut down_first = app.settings.clone();
+    down_first.amqp.url = format!("amqp://guest:n0de-s3cret@127.0.0.1:{closed_port}/%2f").into();
+    let mut cmd = command(&down_first);
+    cmd.env("JELOU_BRIDGE__AMQP__FAILOVER_URLS", amqp_url());
+    let out = run_cmd(cmd, "dlq list").await;
+    out.assert_code(0);
+    assert!(out.stdout.contains("dead letter(s) in"), "{}", out.stdout);
+    let mut cmd = command(&down_first);
+    cmd.env(
+        "JELOU_BRIDGE__AMQP__FAILOVER_URLS",
+        format!("amqp://guest:n0de-s3cret@127.0.0.1:{closed_port}/%2f"),
+    );
+    let out = run_cmd(cmd, "dlq list").await;
+    out.assert_code(1);
+    assert!(out.stderr.contains("refused"), "{}", out.stderr);
+    assert!(!out.stderr.contains("n0de-s3cret"), "{}", out.stderr);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn help_explains_every_command_and_usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(&unique("jbt-help"), "http://127.0.0.1:1", dir.path());

@@ -313,6 +313,37 @@ async fn a_broker_that_wants_a_client_certificate_gets_the_configured_one() {
     assert!(proxy.refused.load(Ordering::SeqCst) > refused_before);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tls_settings_apply_to_every_failover_node() {
+    let pki = Pki::generate();
+    let proxy = TlsProxy::start(pki.server_config(true)).await;
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (url, ca, cert, key) = (
+        proxy.url(),
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    // `amqp.url` is down; the only node that answers is a failover node that wants the
+    // configured CA and client certificate.
+    let mut app = spawn_app_with(|s, _| {
+        s.amqp.url = SecretString::from(format!("amqps://guest:guest@127.0.0.1:{closed_port}/%2f"));
+        s.amqp.failover_urls = vec![SecretString::from(url)];
+        s.amqp.ca_file = ca;
+        s.amqp.client_cert_file = cert;
+        s.amqp.client_key_file = key;
+    })
+    .await;
+    round_trip(&mut app, "T-TLS-3").await;
+    assert!(proxy.accepted.load(Ordering::SeqCst) >= 1);
+    assert_eq!(proxy.refused.load(Ordering::SeqCst), 0);
+    app.stop().await;
+}
+
 #[test]
 fn tls_files_that_do_not_exist_are_a_configuration_error() {
     let missing: PathBuf = std::env::temp_dir().join("jb-no-such-ca.pem");

@@ -18,6 +18,7 @@ async fn broker_restart_under_load_reconnects_and_every_ticket_gets_one_result()
     let bridge = scenario.start_bridge().await;
     burst_under_way(&scenario, &observer, TICKETS, 20).await;
 
+    let _lock = broker_lock().await;
     let stopped = BrokerStopped::stop();
     bridge.wait_readyz(503, Duration::from_secs(15)).await;
     let done_while_down = observer.tally().count(TICKETS, |r| !r.started.is_empty());

@@ -56,9 +56,12 @@ async fn two_processes_jelou_failing_kills_and_a_broker_restart_end_every_ticket
     observer
         .wait_for("half closed", Duration::from_secs(120), closed(TICKETS / 2))
         .await;
-    let stopped = BrokerStopped::stop();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stopped.start();
+    {
+        let _lock = broker_lock().await;
+        let stopped = BrokerStopped::stop();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stopped.start();
+    }
     observer
         .wait_for(
             "three quarters closed",

@@ -35,6 +35,34 @@ pub async fn connect() -> Connection {
         .expect("the broker completes a connection within 20s")
 }
 
+/// The lock of the fault tests that stop a broker (the main one or a node of the private
+/// cluster): held from the stop until the broker is back, so that no two of them overlap even
+/// when the binary is run without `--test-threads=1`. An async lock: it is held across
+/// awaits, and a test that fails while holding it does not poison it for the next ones.
+pub async fn broker_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// A connection to the first of `urls` that answers within 10 s, or the last error: a
+/// cluster's clients move to another node when theirs is gone.
+pub async fn connect_any(urls: &[String]) -> lapin::Result<Connection> {
+    let mut last = lapin::Error::from(std::io::Error::from(std::io::ErrorKind::NotFound));
+    for url in urls {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            Connection::connect(url, Default::default()),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        }
+    }
+    Err(last)
+}
+
 /// Where a scenario's ticket store lives.
 pub enum StoreKind {
     Sqlite,
@@ -50,6 +78,10 @@ pub struct Scenario {
     pub events_exchange: String,
     pub mock: MockJelou,
     pub dir: tempfile::TempDir,
+    /// The broker nodes the test's own clients use: the main broker, or the cluster's nodes.
+    pub urls: Vec<String>,
+    /// The shard queues of the sharded topology ([`Scenario::shard`]); empty without it.
+    pub shards: Vec<String>,
     env: Vec<(String, String)>,
     delays: Vec<String>,
     _pg: Option<PgDatabase>,
@@ -59,15 +91,35 @@ impl Scenario {
     /// `settings` are `(KEY, value)` pairs for `JELOU_BRIDGE__KEY`, over the scenario's
     /// defaults (short retries and reconnects, a 2 s lease, 10 s of shutdown grace).
     pub async fn new(store: StoreKind, latency: Duration, settings: &[(&str, &str)]) -> Scenario {
+        Self::on_broker(vec![amqp_url()], store, latency, settings).await
+    }
+
+    /// A scenario on the broker nodes `urls`: the bridge gets the first as `amqp.url` and the
+    /// others as `amqp.failover_urls`; the test's clients move between them the same way.
+    pub async fn on_broker(
+        urls: Vec<String>,
+        store: StoreKind,
+        latency: Duration,
+        settings: &[(&str, &str)],
+    ) -> Scenario {
         let options = MockOptions {
             latency,
             ..MockOptions::default()
         };
-        Scenario::with_mock(store, options, settings).await
+        Self::with_mock_on(urls, store, options, settings).await
     }
 
     /// As [`Scenario::new`], with the stand-in's options (its API key is the scenario's).
     pub async fn with_mock(
+        store: StoreKind,
+        mock: MockOptions,
+        settings: &[(&str, &str)],
+    ) -> Scenario {
+        Self::with_mock_on(vec![amqp_url()], store, mock, settings).await
+    }
+
+    async fn with_mock_on(
+        urls: Vec<String>,
         store: StoreKind,
         mock: MockOptions,
         settings: &[(&str, &str)],
@@ -97,7 +149,8 @@ impl Scenario {
         let exchange = format!("{name}.helpdesk");
         let events_exchange = format!("{name}.events");
         let mut env: BTreeMap<String, String> = [
-            ("AMQP__URL", amqp_url()),
+            ("AMQP__URL", urls[0].clone()),
+            ("AMQP__FAILOVER_URLS", urls[1..].join(",")),
             ("AMQP__EXCHANGE", exchange.clone()),
             ("AMQP__QUEUE", queue.clone()),
             ("AMQP__EVENTS_EXCHANGE", events_exchange.clone()),
@@ -132,6 +185,8 @@ impl Scenario {
             events_exchange,
             mock,
             dir,
+            urls,
+            shards: Vec::new(),
             env: env
                 .into_iter()
                 .map(|(k, v)| (format!("JELOU_BRIDGE__{k}"), v))
@@ -164,6 +219,58 @@ impl Scenario {
         format!("{}.delay.{delay}", self.queue)
     }
 
+    /// Turns the scenario into the sharded topology of the README's scaling recipe: a
+    /// consistent-hash exchange on `x-ticket-id` in front of `shards` single-active-consumer
+    /// queues, shared by `replicas` processes ([`Scenario::start_replica`]).
+    pub fn shard(&mut self, shards: usize, replicas: usize) {
+        self.shards = (0..shards)
+            .map(|i| format!("{}.shard-{i}", self.queue))
+            .collect();
+        for (key, value) in [
+            ("AMQP__SHARD_EXCHANGE", self.shard_exchange()),
+            ("AMQP__CONSUME_QUEUES", self.shards.join(",")),
+            ("AMQP__REPLICA_COUNT", replicas.to_string()),
+        ] {
+            self.env.push((format!("JELOU_BRIDGE__{key}"), value));
+        }
+    }
+
+    pub fn shard_exchange(&self) -> String {
+        format!("{}.shards", self.name)
+    }
+
+    /// Starts replica `index` of the sharded topology and waits until it is ready.
+    pub async fn start_replica(&self, index: usize) -> BridgeProcess {
+        let mut env = self.env.clone();
+        env.push((
+            "JELOU_BRIDGE__AMQP__REPLICA_INDEX".into(),
+            index.to_string(),
+        ));
+        let bridge = BridgeProcess::spawn(&env, self.dir.path());
+        bridge.wait_ready(Duration::from_secs(30)).await;
+        bridge
+    }
+
+    /// Whether the scenario runs on several nodes: its observer queue is then a quorum queue,
+    /// which survives the loss of a node.
+    pub fn clustered(&self) -> bool {
+        self.urls.len() > 1
+    }
+
+    /// Ready messages in `queue`, on the scenario's broker.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let conn = tokio::time::timeout(Duration::from_secs(30), connect_any(&self.urls))
+            .await
+            .expect("a broker node answers within 30s")
+            .expect("a broker node takes a connection");
+        let ch = conn.create_channel().await.unwrap();
+        let n = ready_messages(&ch, queue)
+            .await
+            .unwrap_or_else(|e| panic!("queue {queue} exists: {e}"));
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "done".into())).await;
+        n
+    }
+
     /// Starts a bridge process of this scenario and waits until it is ready.
     pub async fn start_bridge(&self) -> BridgeProcess {
         let bridge = BridgeProcess::spawn(&self.env, self.dir.path());
@@ -182,24 +289,26 @@ impl Drop for Scenario {
             format!("{}.observed", self.name),
         ];
         queues.extend(self.delays.iter().map(|d| self.delay_queue(d)));
-        let exchanges = [
+        for shard in &self.shards {
+            queues.push(shard.clone());
+            queues.extend(self.delays.iter().map(|d| format!("{shard}.delay.{d}")));
+        }
+        let mut exchanges = vec![
             self.exchange.clone(),
             self.events_exchange.clone(),
             format!("{}.dlx", self.queue),
         ];
+        if !self.shards.is_empty() {
+            exchanges.push(self.shard_exchange());
+        }
+        let urls = self.urls.clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let conn = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    Connection::connect(&amqp_url(), Default::default()),
-                )
-                .await
-                .ok()?
-                .ok()?;
+                let conn = connect_any(&urls).await.ok()?;
                 let ch = conn.create_channel().await.ok()?;
                 for q in queues {
                     let _ = ch
@@ -298,6 +407,11 @@ impl BridgeProcess {
         assert!(status.success(), "kill -TERM {}", self.pid());
     }
 
+    /// The exit status if the process has exited, else None.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Waits for the process to exit; fails the test after `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
@@ -369,7 +483,10 @@ pub struct Helpdesk {
 
 impl Helpdesk {
     pub async fn connect(scenario: &Scenario) -> Helpdesk {
-        let conn = connect().await;
+        let conn = tokio::time::timeout(Duration::from_secs(30), connect_any(&scenario.urls))
+            .await
+            .expect("a broker node answers within 30s")
+            .expect("a broker node takes a connection");
         let channel = conn.create_channel().await.unwrap();
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -390,10 +507,20 @@ impl Helpdesk {
     ) {
         let mut confirms = Vec::new();
         for (key, body, message_id) in messages {
+            // As the README asks of the helpdesk: the ticket id in `x-ticket-id` too, which
+            // the sharded topology hashes (the other topologies ignore it).
+            let mut headers = FieldTable::default();
+            if let Some(ticket) = body["ticketId"].as_str() {
+                headers.insert(
+                    "x-ticket-id".into(),
+                    lapin::types::AMQPValue::LongString(ticket.into()),
+                );
+            }
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into())
-                .with_message_id(message_id.into());
+                .with_message_id(message_id.into())
+                .with_headers(headers);
             let confirm = self
                 .channel
                 .basic_publish(
@@ -464,18 +591,16 @@ pub struct Observer {
 impl Observer {
     /// Binds its queue before returning, so nothing the bridge publishes later is missed.
     pub async fn start(scenario: &Scenario) -> Observer {
-        let queue = format!("{}.observed", scenario.name);
-        let exchange = scenario.events_exchange.clone();
-        let first = observe(&exchange, &queue).await.unwrap();
+        let target = Observed {
+            urls: scenario.urls.clone(),
+            exchange: scenario.events_exchange.clone(),
+            queue: format!("{}.observed", scenario.name),
+            quorum: scenario.clustered(),
+        };
+        let first = observe(&target).await.unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
-        tokio::spawn(read_forever(
-            first,
-            exchange,
-            queue,
-            seen.clone(),
-            stop.clone(),
-        ));
+        tokio::spawn(read_forever(first, target, seen.clone(), stop.clone()));
         Observer {
             seen,
             _stop: stop.drop_guard(),
@@ -535,14 +660,26 @@ impl Observer {
 
 type Reader = (Connection, lapin::Consumer);
 
-async fn observe(exchange: &str, queue: &str) -> lapin::Result<Reader> {
-    let conn = tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(&amqp_url(), Default::default()),
-    )
-    .await
-    .map_err(|_| lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+/// Where an [`Observer`] reads from.
+struct Observed {
+    urls: Vec<String>,
+    exchange: String,
+    queue: String,
+    /// On a cluster: a quorum queue, replicated, so it outlives any one node.
+    quorum: bool,
+}
+
+async fn observe(target: &Observed) -> lapin::Result<Reader> {
+    let (exchange, queue) = (target.exchange.as_str(), target.queue.as_str());
+    let conn = connect_any(&target.urls).await?;
     let ch = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    if target.quorum {
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+    }
     ch.exchange_declare(
         exchange.into(),
         ExchangeKind::Topic,
@@ -559,7 +696,7 @@ async fn observe(exchange: &str, queue: &str) -> lapin::Result<Reader> {
             durable: true,
             ..Default::default()
         },
-        FieldTable::default(),
+        args,
     )
     .await?;
     ch.queue_bind(
@@ -583,8 +720,7 @@ async fn observe(exchange: &str, queue: &str) -> lapin::Result<Reader> {
 
 async fn read_forever(
     first: Reader,
-    exchange: String,
-    queue: String,
+    target: Observed,
     seen: Arc<Mutex<Vec<Seen>>>,
     stop: CancellationToken,
 ) {
@@ -592,7 +728,7 @@ async fn read_forever(
     while !stop.is_cancelled() {
         let (conn, mut consumer) = match reader.take() {
             Some(r) => r,
-            None => match observe(&exchange, &queue).await {
+            None => match observe(&target).await {
                 Ok(r) => r,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -611,11 +747,23 @@ async fn read_forever(
                 _ = stop.cancelled() => break,
             };
             let Some(Ok(delivery)) = next else { break };
-            seen.lock().unwrap().push(Seen {
+            let message = Seen {
                 routing_key: delivery.routing_key.as_str().to_string(),
                 body: serde_json::from_slice(&delivery.data).unwrap_or(Value::Null),
                 properties: delivery.properties.clone(),
-            });
+            };
+            {
+                let mut seen = seen.lock().unwrap();
+                // The observer's own ack lost with a node comes back as a redelivery of what
+                // it already read: not something the bridge published twice.
+                let again = delivery.redelivered
+                    && seen
+                        .iter()
+                        .any(|s| s.routing_key == message.routing_key && s.body == message.body);
+                if !again {
+                    seen.push(message);
+                }
+            }
             // lapin can leave an ack pending for ever when the connection dies under it (the
             // bridge bounds its acks for the same reason): bound the observer's too.
             let ack = delivery.acker.ack(BasicAckOptions::default());
@@ -784,7 +932,7 @@ pub fn assert_one_close_call_each_after_its_start(mock: &MockJelou, n: usize) {
 /// Nothing in the scenario's dead-letter queue.
 pub async fn assert_nothing_dead_lettered(scenario: &Scenario) {
     assert_eq!(
-        depth(&scenario.dead_queue()).await,
+        scenario.depth(&scenario.dead_queue()).await,
         0,
         "nothing dead-lettered"
     );

@@ -7,6 +7,11 @@
 //! this binary runs alone and one test at a time: `scripts/test.sh` runs it after the parallel
 //! tests with `--test-threads=1`. By hand, next to other users of the broker, hold its lock
 //! exclusively: `flock -x /tmp/jb-broker.lock cargo test --test faults -- --test-threads=1`.
+//!
+//! The `cluster` scenarios stop nodes of a private 3-node cluster (`scripts/cluster.sh`, which
+//! they start when it is not running), never the main broker. Every scenario that stops a
+//! broker or a node also holds `harness::broker_lock` until it is back, so two of them never
+//! overlap inside this binary even without `--test-threads=1`.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -16,6 +21,7 @@ mod harness;
 mod broker_restart;
 mod chaos;
 mod close_crash;
+mod cluster;
 mod duplicates;
 mod jelou_down;
 mod kill9;
