@@ -34,6 +34,8 @@ use crate::ticket::{
 
 /// How often a delivery waiting on another one's work looks at the store again.
 const POLL: Duration = Duration::from_millis(100);
+/// How long a delivery whose outcome the broker refused waits before it goes back.
+const REQUEUE_PAUSE: Duration = Duration::from_millis(500);
 /// The longest a delivery waits in process for another of its ticket's events.
 const IN_PROCESS_PATIENCE: Duration = Duration::from_secs(1);
 
@@ -1179,6 +1181,15 @@ impl Bridge {
             Err(e) => {
                 warn!(error = %e, "could not publish the outcome; returning the delivery to the queue");
                 metrics::counter!("jelou_bridge_ticket_events_total", "event" => event.0, "outcome" => "requeued").increment(1);
+                // A broker that keeps refusing (a full queue with reject-publish) would
+                // otherwise see the same delivery again at once, in a tight loop; the quorum
+                // queue's delivery limit still ends a message that never gets through.
+                if !matches!(e, PublishError::Unavailable) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(REQUEUE_PAUSE) => {}
+                        _ = self.shutdown.cancelled() => {}
+                    }
+                }
                 let _ = acknowledge(delivery, Acknowledgement::Requeue).await;
             }
         }

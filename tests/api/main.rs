@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod commands;
+mod evidence;
 mod failures;
 mod health;
 mod messages;
