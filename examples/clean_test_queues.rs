@@ -1,6 +1,9 @@
 //! Deletes the queues that interrupted test runs left on the broker (names starting with
 //! `jbt-`), read one per line from standard input — feed it `rabbitmqctl list_queues -q name`.
 //! Left behind, hundreds of quorum queues wear a broker down. Used by `scripts/test.sh`.
+//!
+//! Test names carry their process id (`jbt-…-p<pid>-…`): the queues of a test process still
+//! running (a concurrent run) are left alone.
 
 use std::io::BufRead;
 
@@ -17,6 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_while(Result::ok)
         .map(|l| l.trim().to_string())
         .filter(|n| n.starts_with("jbt-"))
+        .filter(|n| !owner_alive(n))
         .collect();
     let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
     let mut deleted = 0;
@@ -35,4 +39,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = conn.close(200, "done".into()).await;
     println!("deleted {deleted} of {} leftover test queues", names.len());
     Ok(())
+}
+
+/// Whether the test process named in `name` (`-p<pid>-`) is still running.
+fn owner_alive(name: &str) -> bool {
+    name.split('-')
+        .filter_map(|part| part.strip_prefix('p')?.parse::<u32>().ok())
+        .any(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
 }

@@ -19,27 +19,27 @@ fi
 
 # Build first (not timed), then run each group under a deadline, so a hung test fails the
 # run with a clear message instead of eating CI's time.
-cargo test --locked --no-run --lib --bins --test api $( [ -d tests/faults ] && echo --test faults )
+# Every group is required: a missing one is an error, not a smaller run.
+for required in tests/api tests/faults scripts/check-deploy.sh scripts/cluster.sh; do
+  [ -e "$required" ] || { echo "FAILED: $required is missing" >&2; exit 1; }
+done
+cargo test --locked --no-run --lib --bins --test api --test faults
 echo "== unit and integration tests (parallel) =="
 timeout --kill-after=10 900 cargo test --locked --lib --bins --test api
-if [ -d tests/faults ]; then
-  # The cluster fault tests stop nodes of a private 3-node cluster, apart from the broker on
-  # 5672. They would start it themselves; starting it here keeps its first start (a minute on a
-  # fresh machine) out of the tests' deadline and says plainly when it cannot start.
-  scripts/cluster.sh start || {
-    echo "FAILED: the private 3-node RabbitMQ cluster (scripts/cluster.sh start) did not start; the cluster fault tests need it" >&2
-    exit 1
-  }
-  scripts/cluster.sh ctl 1 list_queues -q name 2>/dev/null \
-    | JB_TEST_AMQP_URL="$(scripts/cluster.sh urls | cut -d, -f1)" cargo run --locked --quiet --example clean_test_queues \
-    || echo "(could not clean old test queues on the cluster; continuing)"
-  echo "== fault tests (kill -9, broker restarts, cluster node losses; one at a time) =="
-  timeout --kill-after=10 1200 cargo test --locked --test faults -- --test-threads=1
-fi
-if [ -x scripts/check-deploy.sh ]; then
-  echo "== deployment files =="
-  scripts/check-deploy.sh
-fi
+# The cluster fault tests stop nodes of a private 3-node cluster, apart from the broker on
+# 5672. They would start it themselves; starting it here keeps its first start (a minute on a
+# fresh machine) out of the tests' deadline and says plainly when it cannot start.
+scripts/cluster.sh start || {
+  echo "FAILED: the private 3-node RabbitMQ cluster (scripts/cluster.sh start) did not start; the cluster fault tests need it" >&2
+  exit 1
+}
+scripts/cluster.sh ctl 1 list_queues -q name 2>/dev/null \
+  | JB_TEST_AMQP_URL="$(scripts/cluster.sh urls | cut -d, -f1)" cargo run --locked --quiet --example clean_test_queues \
+  || echo "(could not clean old test queues on the cluster; continuing)"
+echo "== fault tests (kill -9, broker restarts, cluster node losses; one at a time) =="
+timeout --kill-after=10 1200 cargo test --locked --test faults -- --test-threads=1
+echo "== deployment files =="
+scripts/check-deploy.sh
 echo "== smoke: the main job in sandbox mode =="
 JB_BUILD_PROFILE=dev JELOU_BRIDGE__HTTP__LISTEN="127.0.0.1:$((20000 + RANDOM % 20000))" \
   JELOU_BRIDGE__STORE__URL="sqlite://$(mktemp -d)/demo.db" scripts/run.sh --once

@@ -246,7 +246,7 @@ impl Scenario {
             "JELOU_BRIDGE__AMQP__REPLICA_INDEX".into(),
             index.to_string(),
         ));
-        let bridge = BridgeProcess::spawn(&env, self.dir.path());
+        let bridge = BridgeProcess::spawn(&env, self.dir.path()).await;
         bridge.wait_ready(Duration::from_secs(30)).await;
         bridge
     }
@@ -273,7 +273,7 @@ impl Scenario {
 
     /// Starts a bridge process of this scenario and waits until it is ready.
     pub async fn start_bridge(&self) -> BridgeProcess {
-        let bridge = BridgeProcess::spawn(&self.env, self.dir.path());
+        let bridge = BridgeProcess::spawn(&self.env, self.dir.path()).await;
         bridge.wait_ready(Duration::from_secs(30)).await;
         bridge
     }
@@ -336,9 +336,12 @@ pub struct BridgeProcess {
 }
 
 impl BridgeProcess {
-    pub fn spawn(env: &[(String, String)], dir: &std::path::Path) -> BridgeProcess {
-        let port = free_port();
-        let log = dir.join(format!("bridge-{port}.log"));
+    /// Starts the binary on port 0 (it binds its own port: none is reserved and released
+    /// here for another process to take) and reads the address it bound from its log.
+    pub async fn spawn(env: &[(String, String)], dir: &std::path::Path) -> BridgeProcess {
+        static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("bridge-{n}.log"));
         let mut cmd = clean_bridge_command();
         cmd.arg("run")
             .current_dir(dir)
@@ -348,12 +351,33 @@ impl BridgeProcess {
         // Only what the scenario sets: no stray settings from the test's own environment.
         cmd.env_remove("RUST_LOG")
             .envs(env.iter().cloned())
-            .env("JELOU_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"));
-        let child = cmd.spawn().expect("the jelou-bridge binary starts");
-        BridgeProcess {
-            child,
-            http: format!("http://127.0.0.1:{port}"),
-            log,
+            .env("JELOU_BRIDGE__HTTP__LISTEN", "127.0.0.1:0");
+        let mut child = cmd.spawn().expect("the jelou-bridge binary starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let bound = text
+                .lines()
+                .filter(|l| l.contains("jelou-bridge starting"))
+                .find_map(|l| {
+                    let v: Value = serde_json::from_str(l).ok()?;
+                    v["http"].as_str().map(str::to_string)
+                });
+            if let Some(addr) = bound {
+                return BridgeProcess {
+                    child,
+                    http: format!("http://{addr}"),
+                    log,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("jelou-bridge exited ({status}) before it started:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "jelou-bridge did not say where it listens within 30s:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -464,14 +488,6 @@ impl Drop for BridgeProcess {
             );
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The helpdesk's side: publishes ticket events with publisher confirms.

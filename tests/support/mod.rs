@@ -32,11 +32,14 @@ pub fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A short unique name for this test's exchanges and queues.
+/// A short unique name for this test's exchanges and queues. It carries this process's id
+/// (`-p<pid>-`), so the clean-up of leftovers (examples/clean_test_queues.rs) can tell a
+/// crashed run's queues from those of a run still going.
 pub fn unique(prefix: &str) -> String {
     format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
+        "{prefix}-p{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
 }
 
