@@ -23,9 +23,9 @@ fi
 for required in tests/api tests/faults scripts/check-deploy.sh scripts/cluster.sh; do
   [ -e "$required" ] || { echo "FAILED: $required is missing" >&2; exit 1; }
 done
-cargo test --locked --no-run --lib --bins --test api --test faults
+cargo test --locked --no-run --lib --bins --test api --test metrics --test faults
 echo "== unit and integration tests (parallel) =="
-timeout --kill-after=10 900 cargo test --locked --lib --bins --test api
+timeout --kill-after=10 900 cargo test --locked --lib --bins --test api --test metrics
 # The cluster fault tests stop nodes of a private 3-node cluster, apart from the broker on
 # 5672. They would start it themselves; starting it here keeps its first start (a minute on a
 # fresh machine) out of the tests' deadline and says plainly when it cannot start.
