@@ -6,10 +6,12 @@
 set -euo pipefail
 
 want_pg=0
+want_tools=0
 for arg in "$@"; do
   case "$arg" in
     --postgres) want_pg=1 ;;
-    *) echo "usage: $0 [--postgres]" >&2; exit 2 ;;
+    --test-tools) want_tools=1 ;;
+    *) echo "usage: $0 [--postgres] [--test-tools]" >&2; exit 2 ;;
   esac
 done
 
@@ -102,5 +104,13 @@ ensure_postgres() {
   say "PostgreSQL is up on 127.0.0.1:5432"
 }
 
+# What the fault tests run besides the services: faketime gives one bridge process a clock 30 s
+# ahead (tests/faults/skewed_clock.rs).
+ensure_test_tools() {
+  command -v faketime >/dev/null 2>&1 || apt_install faketime
+  command -v faketime >/dev/null 2>&1 || { say "faketime could not be installed"; exit 1; }
+}
+
 ensure_rabbitmq
 if [ "$want_pg" = 1 ]; then ensure_postgres; fi
+if [ "$want_tools" = 1 ]; then ensure_test_tools; fi

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/ensure-services.sh --postgres
+scripts/ensure-services.sh --postgres --test-tools
 export JB_TEST_AMQP_URL="${JB_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export JB_TEST_PG_URL="${JB_TEST_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 

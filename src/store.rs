@@ -284,16 +284,22 @@ impl Store {
         if self.pool.connect_options().database_url.scheme() == "sqlite" {
             return Ok(());
         }
-        let before = self.clock.now();
+        // This host's own clock, not the store's (which already carries the offset).
+        let before = now_ms();
         let db: i64 = sqlx::query_scalar(
             "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
         )
         .fetch_one(&self.pool)
         .await?;
-        let after = self.clock.now();
-        self.clock
-            .offset_ms
-            .store(db - (before + after) / 2, Ordering::Relaxed);
+        let after = now_ms();
+        let offset = db - (before + after) / 2;
+        let previous = self.clock.offset_ms.swap(offset, Ordering::Relaxed);
+        if offset.abs() > 2000 && (previous - offset).abs() > 1000 {
+            tracing::warn!(
+                offset_ms = offset,
+                "this host's clock differs from the store's; leases follow the store's clock"
+            );
+        }
         Ok(())
     }
 

@@ -321,3 +321,66 @@ async fn close_side_failures_say_what_happened() {
     assert_eq!(app.bus.drain_queue(&app.dead_queue()).await.len(), 3);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_write_that_fails_after_jelou_answered_is_recorded_later_without_a_second_start() {
+    let pg = PgDatabase::create().await;
+    let url = pg.url.clone();
+    let mut app = spawn_app_with(move |s, _| s.store.url = SecretString::from(url)).await;
+    // The store refuses to record one ticket's start while the switch is on (a trigger), as
+    // a store that stumbles right after Jelou answered would.
+    let store_sql = |sql: &'static str| {
+        let url = pg.url.clone();
+        async move {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            let _ = conn.close().await;
+        }
+    };
+    store_sql(
+        "CREATE TABLE fail_switch (on_ BOOLEAN);
+         INSERT INTO fail_switch VALUES (true);
+         CREATE FUNCTION refuse_finish() RETURNS trigger AS $$
+         BEGIN
+           IF NEW.ticket_id = 'T-FINISH' AND NEW.state = 'active' AND EXISTS (SELECT 1 FROM fail_switch) THEN
+             RAISE EXCEPTION 'the store stumbles';
+           END IF;
+           RETURN NEW;
+         END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER refuse_finish BEFORE UPDATE ON tickets
+           FOR EACH ROW EXECUTE FUNCTION refuse_finish();",
+    )
+    .await;
+    app.bus
+        .publish_json("ticket.opened", &opened("T-FINISH", "U-FINISH"))
+        .await;
+    // Jelou answers, the write fails (three tries): the message is parked with the answer.
+    let deadline = Instant::now() + WAIT;
+    while app.mock.calls_to(Endpoint::Start).is_empty() {
+        assert!(Instant::now() < deadline, "the start was never called");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(app.bus.next(Duration::from_secs(3)).await.is_none());
+    store_sql("DELETE FROM fail_switch").await;
+
+    let started = app.bus.expect(1, WAIT).await.remove(0);
+    assert_eq!(started.routing_key, "conversation.started");
+    let active = app.mock.active_conversations();
+    assert_eq!(active.len(), 1);
+    assert_eq!(started.body["conversationId"], active[0].id.as_str());
+    assert_eq!(
+        app.mock.calls_to(Endpoint::Start).len(),
+        1,
+        "one start call"
+    );
+    let store = jelou_bridge::store::Store::connect(&app.settings.store, "probe".into())
+        .await
+        .unwrap();
+    let row = store.get("T-FINISH").await.unwrap().unwrap();
+    store.close().await;
+    assert_eq!(row.state, jelou_bridge::store::TicketState::Active);
+    assert_eq!(row.conversation_id.as_deref(), Some(active[0].id.as_str()));
+    assert_eq!(row.owner, None, "the lease was released");
+    app.stop().await;
+}

@@ -271,6 +271,13 @@ impl Scenario {
         n
     }
 
+    /// Starts a bridge process of this scenario under `wrapper` and waits until it is ready.
+    pub async fn start_bridge_under(&self, wrapper: &[&str]) -> BridgeProcess {
+        let bridge = BridgeProcess::spawn_under(wrapper, &self.env, self.dir.path()).await;
+        bridge.wait_ready(Duration::from_secs(30)).await;
+        bridge
+    }
+
     /// Starts a bridge process of this scenario and waits until it is ready.
     pub async fn start_bridge(&self) -> BridgeProcess {
         let bridge = BridgeProcess::spawn(&self.env, self.dir.path()).await;
@@ -339,10 +346,30 @@ impl BridgeProcess {
     /// Starts the binary on port 0 (it binds its own port: none is reserved and released
     /// here for another process to take) and reads the address it bound from its log.
     pub async fn spawn(env: &[(String, String)], dir: &std::path::Path) -> BridgeProcess {
+        Self::spawn_under(&[], env, dir).await
+    }
+
+    /// As [`BridgeProcess::spawn`], run under `wrapper` (say `faketime -f +30s`).
+    pub async fn spawn_under(
+        wrapper: &[&str],
+        env: &[(String, String)],
+        dir: &std::path::Path,
+    ) -> BridgeProcess {
         static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = dir.join(format!("bridge-{n}.log"));
         let mut cmd = clean_bridge_command();
+        if let Some((program, args)) = wrapper.split_first() {
+            let binary = cmd.get_program().to_owned();
+            let mut wrapped = Command::new(program);
+            wrapped.args(args).arg(binary);
+            for (k, _) in std::env::vars() {
+                if k.starts_with("JELOU_BRIDGE") {
+                    wrapped.env_remove(k);
+                }
+            }
+            cmd = wrapped;
+        }
         cmd.arg("run")
             .current_dir(dir)
             .stdin(Stdio::null())

@@ -27,4 +27,5 @@ mod jelou_down;
 mod kill9;
 mod poison;
 mod sigterm;
+mod skewed_clock;
 mod two_processes;
