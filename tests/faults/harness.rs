@@ -277,6 +277,19 @@ impl Scenario {
         bridge.wait_ready(Duration::from_secs(30)).await;
         bridge
     }
+
+    /// Starts the given `jelou-bridge` binary (the previous release's, say) as a bridge
+    /// process of this scenario and waits until it is ready.
+    pub async fn start_bridge_bin(&self, bin: &std::path::Path) -> BridgeProcess {
+        let bridge = BridgeProcess::spawn_bin(bin, &self.env, self.dir.path());
+        bridge.wait_ready(Duration::from_secs(30)).await;
+        bridge
+    }
+
+    /// The scenario's environment (`JELOU_BRIDGE__…`), for a command run against it.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
 }
 
 impl Drop for Scenario {
@@ -337,9 +350,31 @@ pub struct BridgeProcess {
 
 impl BridgeProcess {
     pub fn spawn(env: &[(String, String)], dir: &std::path::Path) -> BridgeProcess {
+        Self::spawn_cmd(clean_bridge_command(), env, dir)
+    }
+
+    /// As [`BridgeProcess::spawn`], with another build of `jelou-bridge` (an earlier release).
+    pub fn spawn_bin(
+        bin: &std::path::Path,
+        env: &[(String, String)],
+        dir: &std::path::Path,
+    ) -> BridgeProcess {
+        let mut cmd = Command::new(bin);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("JELOU_BRIDGE") {
+                cmd.env_remove(k);
+            }
+        }
+        Self::spawn_cmd(cmd, env, dir)
+    }
+
+    fn spawn_cmd(
+        mut cmd: Command,
+        env: &[(String, String)],
+        dir: &std::path::Path,
+    ) -> BridgeProcess {
         let port = free_port();
         let log = dir.join(format!("bridge-{port}.log"));
-        let mut cmd = clean_bridge_command();
         cmd.arg("run")
             .current_dir(dir)
             .stdin(Stdio::null())

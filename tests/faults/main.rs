@@ -28,3 +28,4 @@ mod kill9;
 mod poison;
 mod sigterm;
 mod two_processes;
+mod upgrade;
