@@ -17,6 +17,17 @@ if command -v rabbitmqctl >/dev/null 2>&1; then
     || echo "(could not clean old test queues; continuing)"
 fi
 
+# The upgrade fault tests (tests/faults/upgrade.rs) run the previous release's binary, built
+# from its git tag into a cache of its own (a few minutes once per machine and tag); built here,
+# not under a test's deadline. Without it those tests fail, they do not skip.
+if [ -d tests/faults ] && [ -z "${JB_PREVIOUS_BIN:-}" ]; then
+  JB_PREVIOUS_BIN="$(scripts/build-previous.sh)" || {
+    echo "FAILED: could not build the previous release (scripts/build-previous.sh); the upgrade fault tests need it" >&2
+    exit 1
+  }
+  export JB_PREVIOUS_BIN
+fi
+
 # Build first (not timed), then run each group under a deadline, so a hung test fails the
 # run with a clear message instead of eating CI's time.
 # Every group is required: a missing one is an error, not a smaller run.

@@ -7,7 +7,8 @@
 //! - [`ticket`]: the domain: inbound ticket events, checked, and the Jelou requests they become.
 //! - [`events`]: what the bridge publishes (`conversation.started`, `ticket.failed`, …).
 //! - [`jelou`]: the API client, failure classification, retries with `backon`, a stand-in.
-//! - [`store`]: what was done per ticket (SQLite or PostgreSQL), for idempotency and order.
+//! - [`store`]: what was done per ticket (SQLite or PostgreSQL), for idempotency and order;
+//!   [`store::schema`]: its schema version against this binary's (upgrades).
 //! - [`amqp`]: connection, topology, confirmed publisher, supervised consumer.
 //! - [`lanes`]: per-ticket order among concurrent deliveries (and one call at a time per
 //!   bot + user).

@@ -19,6 +19,7 @@ use sqlx::{AnyPool, Executor, FromRow, Row};
 use crate::config::StoreSettings;
 
 mod batch;
+pub mod schema;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -35,6 +36,28 @@ impl From<sqlx::Error> for StoreError {
 impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(e: sqlx::migrate::MigrateError) -> Self {
         StoreError(format!("migration failed: {e}"))
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A newer release migrated the store: a configuration error (exit 2), not an outage.
+    #[error(transparent)]
+    SchemaTooNew(#[from] schema::SchemaTooNew),
+}
+
+impl From<sqlx::Error> for ConnectError {
+    fn from(e: sqlx::Error) -> Self {
+        ConnectError::Store(e.into())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for ConnectError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        ConnectError::Store(e.into())
     }
 }
 
@@ -227,8 +250,12 @@ impl Drop for Hold {
 }
 
 impl Store {
-    /// Opens (creating a SQLite file and its directory if needed) and migrates the store.
-    pub async fn connect(settings: &StoreSettings, instance: String) -> Result<Store, StoreError> {
+    /// Opens (creating a SQLite file and its directory if needed) and migrates the store;
+    /// refuses a store that a newer release migrated (see [`schema`]).
+    pub async fn connect(
+        settings: &StoreSettings,
+        instance: String,
+    ) -> Result<Store, ConnectError> {
         sqlx::any::install_default_drivers();
         let mut url = settings.url.expose_secret().to_string();
         let sqlite = url.starts_with("sqlite:");
@@ -256,6 +283,16 @@ impl Store {
             .await?;
         if sqlite {
             pool.execute("PRAGMA journal_mode = WAL").await?;
+        }
+        // Before migrating: sqlx would refuse a newer store too, but with an error about a
+        // "missing" migration that reads like a broken build.
+        let applied = {
+            let mut conn = pool.acquire().await?;
+            schema::applied(&mut conn).await?
+        };
+        if let Some(refusal) = schema::SchemaReport::compare(&applied, &schema::known()).refusal() {
+            pool.close().await;
+            return Err(refusal.into());
         }
         MIGRATOR.run(&pool).await?;
         let clock = Clock::default();

@@ -172,11 +172,24 @@ async fn dispatch(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // A store a newer release migrated: one line naming the key, exit 2, as for any
+        // configuration this binary cannot run with.
+        Err(e) if schema_too_new(&e) => {
+            eprintln!("jelou-bridge: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("jelou-bridge: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+fn schema_too_new(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::store::ConnectError>(),
+        Some(crate::store::ConnectError::SchemaTooNew(_))
+    )
 }
 
 async fn reconcile(
@@ -336,6 +349,12 @@ async fn check_config(settings: &Settings, probe: bool) -> anyhow::Result<ExitCo
     }
     let store_url = secrecy::ExposeSecret::expose_secret(&settings.store.url);
     let store = async {
+        // The schema first: the store probe migrates an embedded store, and the version to
+        // report is the one found.
+        let schema = crate::store::schema::inspect(store_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let schema = schema.describe()?;
         if store_url.starts_with("sqlite:") {
             let store = crate::store::Store::connect(&settings.store, "check-config".into())
                 .await
@@ -356,12 +375,15 @@ async fn check_config(settings: &Settings, probe: bool) -> anyhow::Result<ExitCo
                 .map_err(|e| e.to_string())?;
             let _ = conn.close().await;
         }
-        Ok::<_, String>(())
+        Ok::<_, String>(schema)
     };
     report(
         "store",
         match tokio::time::timeout(Duration::from_secs(10), store).await {
-            Ok(Ok(())) => Ok(crate::config::redacted_url(store_url)),
+            Ok(Ok(schema)) => Ok(format!(
+                "{}; {schema}",
+                crate::config::redacted_url(store_url)
+            )),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("no answer within 10s".into()),
         },

@@ -11,6 +11,7 @@ mod failures;
 mod health;
 mod messages;
 mod ownership;
+mod schema;
 mod sharding;
 mod store;
 mod tickets;

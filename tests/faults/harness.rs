@@ -284,6 +284,19 @@ impl Scenario {
         bridge.wait_ready(Duration::from_secs(30)).await;
         bridge
     }
+
+    /// Starts the given `jelou-bridge` binary (the previous release's, say) as a bridge
+    /// process of this scenario and waits until it is ready.
+    pub async fn start_bridge_bin(&self, bin: &std::path::Path) -> BridgeProcess {
+        let bridge = BridgeProcess::spawn_bin(bin, &self.env, self.dir.path()).await;
+        bridge.wait_ready(Duration::from_secs(30)).await;
+        bridge
+    }
+
+    /// The scenario's environment (`JELOU_BRIDGE__…`), for a command run against it.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
 }
 
 impl Drop for Scenario {
@@ -334,6 +347,16 @@ impl Drop for Scenario {
     }
 }
 
+/// `cmd` with none of the test's own `JELOU_BRIDGE*` environment.
+fn without_bridge_env(mut cmd: Command) -> Command {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("JELOU_BRIDGE") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 /// The real `jelou-bridge run` as a child process; stderr (its JSON logs) goes to a file.
 /// Dropping it kills the process.
 pub struct BridgeProcess {
@@ -346,7 +369,7 @@ impl BridgeProcess {
     /// Starts the binary on port 0 (it binds its own port: none is reserved and released
     /// here for another process to take) and reads the address it bound from its log.
     pub async fn spawn(env: &[(String, String)], dir: &std::path::Path) -> BridgeProcess {
-        Self::spawn_under(&[], env, dir).await
+        Self::spawn_cmd(clean_bridge_command(), env, dir).await
     }
 
     /// As [`BridgeProcess::spawn`], run under `wrapper` (say `faketime -f +30s`).
@@ -355,21 +378,31 @@ impl BridgeProcess {
         env: &[(String, String)],
         dir: &std::path::Path,
     ) -> BridgeProcess {
+        let Some((program, args)) = wrapper.split_first() else {
+            return Self::spawn(env, dir).await;
+        };
+        let mut cmd = without_bridge_env(Command::new(program));
+        cmd.args(args).arg(clean_bridge_command().get_program());
+        Self::spawn_cmd(cmd, env, dir).await
+    }
+
+    /// As [`BridgeProcess::spawn`], with another build of `jelou-bridge` (an earlier release).
+    pub async fn spawn_bin(
+        bin: &std::path::Path,
+        env: &[(String, String)],
+        dir: &std::path::Path,
+    ) -> BridgeProcess {
+        Self::spawn_cmd(without_bridge_env(Command::new(bin)), env, dir).await
+    }
+
+    async fn spawn_cmd(
+        mut cmd: Command,
+        env: &[(String, String)],
+        dir: &std::path::Path,
+    ) -> BridgeProcess {
         static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = dir.join(format!("bridge-{n}.log"));
-        let mut cmd = clean_bridge_command();
-        if let Some((program, args)) = wrapper.split_first() {
-            let binary = cmd.get_program().to_owned();
-            let mut wrapped = Command::new(program);
-            wrapped.args(args).arg(binary);
-            for (k, _) in std::env::vars() {
-                if k.starts_with("JELOU_BRIDGE") {
-                    wrapped.env_remove(k);
-                }
-            }
-            cmd = wrapped;
-        }
         cmd.arg("run")
             .current_dir(dir)
             .stdin(Stdio::null())
