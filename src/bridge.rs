@@ -64,13 +64,26 @@ pub struct Inbound {
 impl Inbound {
     /// Takes the body out of the delivery (only its acker is needed afterwards).
     pub fn from_delivery(delivery: &mut Delivery, source_queue: &str) -> Inbound {
-        let h = delivery.properties.headers().as_ref();
+        Inbound::new(
+            delivery.routing_key.as_str(),
+            std::mem::take(&mut delivery.data),
+            delivery.properties.clone(),
+            source_queue,
+        )
+    }
+
+    /// A delivery's parts, with what earlier passes wrote in its headers read back.
+    pub fn new(
+        routing_key: &str,
+        body: Vec<u8>,
+        properties: BasicProperties,
+        source_queue: &str,
+    ) -> Inbound {
+        let h = properties.headers().as_ref();
         let now = now_ms();
         Inbound {
             routing_key: header_str(h, headers::ORIGINAL_ROUTING_KEY)
-                .unwrap_or_else(|| delivery.routing_key.as_str().to_string()),
-            body: std::mem::take(&mut delivery.data),
-            properties: delivery.properties.clone(),
+                .unwrap_or_else(|| routing_key.to_string()),
             source_queue: source_queue.to_string(),
             // Headers from the bus are input too: counts are clamped, and a first sighting
             // in the future (a skewed clock, a hand-made header) is taken as now, so the
@@ -86,6 +99,8 @@ impl Inbound {
                 .clamp(0, i64::from(u32::MAX / 2)) as u32,
             not_before: header_i64(h, headers::NOT_BEFORE).filter(|t| *t > now),
             conversation_id: header_str(h, headers::CONVERSATION_ID).filter(|c| !c.is_empty()),
+            body,
+            properties,
         }
     }
 
@@ -1278,19 +1293,10 @@ impl Bridge {
         msg: &Inbound,
         parking: &Parking,
     ) -> Result<(), PublishError> {
-        let delays = &self.settings.retry.delays;
-        let longest = delays.iter().max().copied().unwrap_or_default();
         let wait = parking
             .retry_after
             .or_else(|| msg.not_before_in().filter(|w| !w.is_zero()));
-        let tier = match wait {
-            Some(wait) => delays
-                .iter()
-                .filter(|d| **d >= wait)
-                .min()
-                .unwrap_or(&longest),
-            None => &delays[(msg.parked.max(0) as usize).min(delays.len() - 1)],
-        };
+        let tier = &park_tier(&self.settings.retry.delays, msg.parked, wait);
         let queue = delay_queue(&msg.source_queue, *tier);
         let mut table = msg.properties.headers().clone().unwrap_or_default();
         set_i64(&mut table, headers::PARKED, msg.parked.saturating_add(1));
@@ -1428,6 +1434,24 @@ fn park(
     })
 }
 
+/// The delay tier a park goes to: the shortest one that covers `wait` (else the longest),
+/// or, with nothing to wait for, the tier of the park's rank (the last one repeating).
+pub fn park_tier(delays: &[Duration], parked: i64, wait: Option<Duration>) -> Duration {
+    let longest = delays.iter().max().copied().unwrap_or_default();
+    match wait {
+        Some(wait) => delays
+            .iter()
+            .filter(|d| **d >= wait)
+            .min()
+            .copied()
+            .unwrap_or(longest),
+        None => delays
+            .get((parked.max(0) as usize).min(delays.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(longest),
+    }
+}
+
 /// `ticket.failed` for a reason no Jelou answer gave.
 fn failure(
     ticket_id: &str,
@@ -1458,4 +1482,134 @@ fn park_store_attempts(
 
 fn park_store(action: &'static str, e: crate::store::StoreError, msg: &Inbound) -> Decision {
     park_store_attempts(action, e, msg.prior_attempts)
+}
+
+/// Bus input is untrusted: arbitrary bodies and headers end as an event or a clear error,
+/// never a panic, and headers cannot switch a budget off or overflow a count. A fixed number
+/// of cases keeps CI's time bounded.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use lapin::types::{AMQPValue, LongString, ShortString};
+    use proptest::prelude::*;
+
+    fn header_value() -> impl Strategy<Value = AMQPValue> {
+        prop_oneof![
+            any::<i64>().prop_map(AMQPValue::LongLongInt),
+            any::<i32>().prop_map(AMQPValue::LongInt),
+            any::<u32>().prop_map(AMQPValue::LongUInt),
+            any::<u64>().prop_map(AMQPValue::Timestamp),
+            ".{0,24}".prop_map(|s| AMQPValue::LongString(LongString::from(s.into_bytes()))),
+            any::<bool>().prop_map(AMQPValue::Boolean),
+        ]
+    }
+
+    fn headers_table() -> impl Strategy<Value = FieldTable> {
+        let keys = prop::sample::select(vec![
+            headers::PARKED,
+            headers::FIRST_SEEN,
+            headers::ATTEMPTS,
+            headers::NOT_BEFORE,
+            headers::CONVERSATION_ID,
+            headers::ORIGINAL_ROUTING_KEY,
+            "x-other",
+        ]);
+        prop::collection::vec((keys, header_value()), 0..8).prop_map(|pairs| {
+            let mut table = FieldTable::default();
+            for (k, v) in pairs {
+                table.insert(ShortString::from(k), v);
+            }
+            table
+        })
+    }
+
+    /// JSON-ish bodies: objects with the contract's field names holding any kind of value,
+    /// and raw bytes.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let field = prop::sample::select(vec![
+            "event",
+            "ticketId",
+            "userId",
+            "botId",
+            "messageId",
+            "text",
+            "attachment",
+            "redirectPayload",
+            "assignment",
+            "metadata",
+            "queue",
+        ]);
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            ".{0,12}".prop_map(serde_json::Value::from),
+            prop::sample::select(vec![
+                "ticket.opened",
+                "ticket.resolved",
+                "ticket.reply",
+                "text",
+                "image",
+                "https://a.example/x"
+            ])
+            .prop_map(serde_json::Value::from),
+        ];
+        let value = leaf.prop_recursive(2, 16, 4, |inner| {
+            prop::collection::btree_map(".{0,8}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
+        });
+        prop_oneof![
+            prop::collection::btree_map(field, value, 0..8)
+                .prop_map(|m| { serde_json::to_vec(&m).expect("a map serialises") }),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_body_decodes_to_an_event_or_a_named_error(
+            key in prop::sample::select(vec!["ticket.opened", "ticket.resolved", "ticket.reply", "other", ""]),
+            body in body(),
+        ) {
+            match ticket::decode(key, &body, 1 << 20) {
+                Ok(event) => prop_assert!(!event.ticket_id().trim().is_empty()),
+                Err(invalid) => prop_assert!(!invalid.detail.is_empty()),
+            }
+        }
+
+        #[test]
+        fn headers_from_the_bus_are_clamped(table in headers_table()) {
+            let before = now_ms();
+            let props = BasicProperties::default().with_headers(table);
+            let msg = Inbound::new("ticket.opened", Vec::new(), props, "q");
+            let after = now_ms();
+            prop_assert!(msg.parked >= 0 && msg.parked <= 1 << 30);
+            prop_assert!(msg.prior_attempts <= u32::MAX / 2);
+            // A first sighting in the future cannot switch the total budget off.
+            prop_assert!(msg.first_seen > 0 && msg.first_seen <= after);
+            if let Some(t) = msg.not_before {
+                prop_assert!(t > before);
+            }
+            // Adding this pass's attempts cannot overflow.
+            prop_assert!(msg.prior_attempts.checked_add(1 << 20).is_some());
+        }
+
+        #[test]
+        fn a_park_always_lands_in_a_tier_that_covers_the_wait_when_one_does(
+            delays in prop::collection::vec(1u64..100_000, 1..6),
+            parked in any::<i64>(),
+            wait in prop::option::of(0u64..200_000),
+        ) {
+            let delays: Vec<Duration> = delays.into_iter().map(Duration::from_millis).collect();
+            let wait = wait.map(Duration::from_millis);
+            let tier = park_tier(&delays, parked, wait);
+            prop_assert!(delays.contains(&tier));
+            if let Some(wait) = wait {
+                let longest = *delays.iter().max().unwrap();
+                prop_assert!(tier >= wait || tier == longest);
+            }
+        }
+    }
 }

@@ -192,4 +192,57 @@ mod tests {
             }
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn state() -> impl Strategy<Value = TicketState> {
+            prop::sample::select(vec![Starting, Active, Closing, Closed, Failed])
+        }
+
+        fn conversation() -> impl Strategy<Value = Option<&'static str>> {
+            prop::option::of(prop::sample::select(vec!["C-1", "C-2", "C-3"]))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Whatever the other tickets of the user look like, a close never calls Jelou
+            /// while another open ticket holds the same conversation, and a ticket never
+            /// started never closes a conversation another open ticket holds.
+            #[test]
+            fn a_close_never_ends_a_conversation_another_open_ticket_holds(
+                own in conversation(),
+                others in prop::collection::vec((state(), conversation()), 0..5),
+            ) {
+                let t = ticket("T", Closing, own);
+                let others: Vec<TicketRecord> = others
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (st, c))| ticket(&format!("O-{i}"), st, c))
+                    .collect();
+                let open = |o: &&TicketRecord| matches!(o.state, Active | Closing);
+                let plan = plan_close(&t, &others);
+                let shared = own.is_some()
+                    && others.iter().filter(open).any(|o| o.conversation_id.as_deref() == own);
+                let held_by_other = others.iter().filter(open).next().is_some();
+                match &plan {
+                    ClosePlan::Call => {
+                        prop_assert!(!shared);
+                        prop_assert!(own.is_some() || !held_by_other);
+                    }
+                    ClosePlan::Shared { conversation_id } => {
+                        prop_assert!(shared);
+                        prop_assert_eq!(Some(conversation_id.as_str()), own);
+                    }
+                    ClosePlan::OwnedByAnother { .. } => prop_assert!(own.is_none() && held_by_other),
+                    ClosePlan::Verify { conversation_id } => {
+                        prop_assert!(!shared);
+                        prop_assert_eq!(Some(conversation_id.as_str()), own);
+                    }
+                }
+            }
+        }
+    }
 }
