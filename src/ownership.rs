@@ -226,7 +226,7 @@ mod tests {
                 let plan = plan_close(&t, &others);
                 let shared = own.is_some()
                     && others.iter().filter(open).any(|o| o.conversation_id.as_deref() == own);
-                let held_by_other = others.iter().filter(open).next().is_some();
+                let held_by_other = others.iter().any(|o| open(&o));
                 match &plan {
                     ClosePlan::Call => {
                         prop_assert!(!shared);
