@@ -25,7 +25,6 @@ async fn a_message_that_keeps_crashing_the_bridge_ends_in_the_dead_letter_queue(
         ],
     )
     .await;
-    let observer = Observer::start(&scenario).await;
     let mut bridge = scenario.start_bridge().await;
     let helpdesk = Helpdesk::connect(&scenario).await;
     helpdesk.publish_all([opened(0)]).await;
@@ -88,10 +87,6 @@ async fn a_message_that_keeps_crashing_the_bridge_ends_in_the_dead_letter_queue(
     assert!(
         scenario.mock.calls_to(Endpoint::Start).is_empty(),
         "no start ever answered"
-    );
-    assert!(
-        observer.tally().tickets.is_empty(),
-        "nothing published: the bridge never finished the message"
     );
     let _ = conn.close(200, "done".into()).await;
 }
