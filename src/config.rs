@@ -818,23 +818,42 @@ mod tests {
             "[amqp]\nprefetch = 3\nqueue = \"from-default\"\n",
         )
         .unwrap();
-        std::fs::write(dir.join("config/staging.toml"), "[amqp]\nprefetch = 4\n").unwrap();
-        let extra = dir.join("extra.toml");
-        std::fs::write(&extra, "[routing]\ndefault_queue = \"VENTAS\"\n[[routing.rules]]\nfield = \"metadata.category\"\nequals = [\"billing\", \"invoices\"]\nqueue = \"FACTURACION\"\n").unwrap();
-        let s = Settings::load(
-            &Sources {
-                dir: Some(dir.clone()),
-                env_name: Some("staging".into()),
-                file: Some(extra),
-                vars: vec![("JELOU_BRIDGE__AMQP__PREFETCH".into(), "5".into())],
-            },
-            true,
+        std::fs::write(
+            dir.join("config/staging.toml"),
+            "[amqp]\nprefetch = 4\nexchange = \"from-staging\"\nevents_exchange = \"from-staging\"\n",
         )
         .unwrap();
-        assert_eq!(s.amqp.queue, "from-default");
-        assert_eq!(s.amqp.prefetch, 5);
+        let extra = dir.join("extra.toml");
+        std::fs::write(&extra, "[amqp]\nevents_exchange = \"from-file\"\n[routing]\ndefault_queue = \"VENTAS\"\n[[routing.rules]]\nfield = \"metadata.category\"\nequals = [\"billing\", \"invoices\"]\nqueue = \"FACTURACION\"\n").unwrap();
+        let load = |vars: Vec<(String, String)>| {
+            Settings::load(
+                &Sources {
+                    dir: Some(dir.clone()),
+                    env_name: Some("staging".into()),
+                    file: Some(extra.clone()),
+                    vars,
+                },
+                true,
+            )
+            .unwrap()
+        };
+        // Each layer wins over the ones before it, key by key.
+        let s = load(Vec::new());
+        assert_eq!(
+            s.amqp.queue, "from-default",
+            "default.toml over the compiled-in"
+        );
+        assert_eq!(s.amqp.prefetch, 4, "staging.toml over default.toml");
+        assert_eq!(s.amqp.exchange, "from-staging");
+        assert_eq!(
+            s.amqp.events_exchange, "from-file",
+            "--config over staging.toml"
+        );
         assert_eq!(s.routing.default_queue, "VENTAS");
         assert!(s.routing.rules[0].equals.contains("invoices"));
+        let s = load(vec![("JELOU_BRIDGE__AMQP__PREFETCH".into(), "5".into())]);
+        assert_eq!(s.amqp.prefetch, 5, "the environment over every file");
+        assert_eq!(s.amqp.exchange, "from-staging");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
