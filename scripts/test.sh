@@ -49,6 +49,9 @@ scripts/cluster.sh ctl 1 list_queues -q name 2>/dev/null \
   || echo "(could not clean old test queues on the cluster; continuing)"
 echo "== fault tests (kill -9, broker restarts, cluster node losses; one at a time) =="
 timeout --kill-after=10 1200 cargo test --locked --test faults -- --test-threads=1
+echo "== documentation: links and rustdoc =="
+python3 scripts/check-links.py
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
 echo "== deployment files =="
 scripts/check-deploy.sh
 echo "== smoke: the main job in sandbox mode =="
