@@ -119,18 +119,7 @@ async fn readyz_becomes(http: &str, status: u16, timeout: Duration) -> Value {
 }
 
 async fn post_signed(http: &str, event: &Value) -> (u16, Value) {
-    let body = event.to_string();
-    let resp = reqwest::Client::new()
-        .post(format!("{http}/webhooks/jelou"))
-        .header(
-            "x-jelou-signature",
-            jelou_bridge::webhook::sign(SECRET.as_bytes(), body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
+    post_webhook(http, SECRET, event).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -52,19 +52,6 @@ async fn none_with_keys(app: &mut TestApp, keys: &[&str], quiet: Duration) {
     }
 }
 
-/// Opens `ticket` for `user`; its conversation id.
-async fn open(app: &mut TestApp, ticket: &str, user: &str) -> String {
-    app.bus
-        .publish_json(
-            "ticket.opened",
-            &json!({"ticketId": ticket, "userId": user, "botId": "B-1"}),
-        )
-        .await;
-    let started = next_with_key(app, "conversation.started").await;
-    assert_eq!(started.ticket(), ticket);
-    started.body["conversationId"].as_str().unwrap().to_string()
-}
-
 /// Waits until the store knows the room of `ticket` (the conversation.start webhook).
 async fn wait_room(app: &TestApp, ticket: &str) -> String {
     let deadline = std::time::Instant::now() + WAIT;
@@ -93,7 +80,7 @@ fn sends(app: &TestApp) -> Vec<jelou_bridge::jelou::mock::RecordedCall> {
 #[tokio::test(flavor = "multi_thread")]
 async fn each_kind_of_customer_message_as_jelou_sends_it_reaches_the_bus_once() {
     let mut app = spawn_signed().await;
-    let conversation = open(&mut app, "T-IN1", "U-IN1").await;
+    let conversation = open_ticket(&mut app, "T-IN1", "U-IN1").await;
     let conv = app.mock.conversation(&conversation).unwrap();
     let contents = [
         ("text", json!({"body": "¿Hay novedades?"})),
@@ -151,7 +138,7 @@ async fn each_kind_of_customer_message_as_jelou_sends_it_reaches_the_bus_once() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reply_goes_out_signed_into_the_conversations_room_once_per_message_id() {
     let mut app = spawn_signed().await;
-    let conversation = open(&mut app, "T-OUT1", "U-OUT1").await;
+    let conversation = open_ticket(&mut app, "T-OUT1", "U-OUT1").await;
     let room = wait_room(&app, "T-OUT1").await;
     let reply =
         json!({"ticketId": "T-OUT1", "messageId": "M-1", "text": "Hola, ya lo estamos revisando"});
@@ -198,7 +185,7 @@ async fn a_reply_goes_out_signed_into_the_conversations_room_once_per_message_id
 #[tokio::test(flavor = "multi_thread")]
 async fn every_attachment_type_goes_out_with_its_url_and_mime_type() {
     let mut app = spawn_signed().await;
-    open(&mut app, "T-OUT2", "U-OUT2").await;
+    open_ticket(&mut app, "T-OUT2", "U-OUT2").await;
     wait_room(&app, "T-OUT2").await;
     let attachments = [
         json!({"type": "image", "url": "https://cdn.example/a.jpg", "mimeType": "image/jpeg", "caption": "mira"}),
@@ -235,7 +222,7 @@ async fn every_attachment_type_goes_out_with_its_url_and_mime_type() {
 async fn without_the_start_webhook_the_room_is_read_from_jelou() {
     // No webhooks at all: the bridge learns the room with GET …/conversations/{id}.
     let mut app = spawn_app_with(signed).await;
-    let conversation = open(&mut app, "T-OUT3", "U-OUT3").await;
+    let conversation = open_ticket(&mut app, "T-OUT3", "U-OUT3").await;
     let room = app.mock.conversation(&conversation).unwrap().room_id;
     app.bus
         .publish_json(
@@ -263,7 +250,7 @@ async fn without_the_start_webhook_the_room_is_read_from_jelou() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reply_after_the_close_or_for_an_unknown_ticket_fails_clearly_without_a_send() {
     let mut app = spawn_signed().await;
-    open(&mut app, "T-OUT4", "U-OUT4").await;
+    open_ticket(&mut app, "T-OUT4", "U-OUT4").await;
     app.bus
         .publish_json("ticket.resolved", &json!({"ticketId": "T-OUT4"}))
         .await;
@@ -295,7 +282,7 @@ async fn a_send_jelou_refuses_for_its_signature_fails_once_not_in_a_loop() {
         m.signing_secret = Some("the-integration-was-re-created".into());
     })
     .await;
-    open(&mut app, "T-OUT5", "U-OUT5").await;
+    open_ticket(&mut app, "T-OUT5", "U-OUT5").await;
     app.bus
         .publish_json(
             "ticket.reply",
@@ -321,7 +308,7 @@ async fn a_send_jelou_refuses_for_its_signature_fails_once_not_in_a_loop() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_send_is_retried_then_sent_once() {
     let mut app = spawn_signed().await;
-    open(&mut app, "T-OUT6", "U-OUT6").await;
+    open_ticket(&mut app, "T-OUT6", "U-OUT6").await;
     wait_room(&app, "T-OUT6").await;
     app.mock.script([
         jelou_bridge::jelou::mock::Scripted::status(503),

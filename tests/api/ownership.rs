@@ -13,19 +13,6 @@ use crate::support::*;
 const WAIT: Duration = Duration::from_secs(15);
 const QUIET: Duration = Duration::from_millis(700);
 
-async fn open(app: &mut TestApp, ticket: &str, user: &str) -> String {
-    app.bus
-        .publish_json(
-            "ticket.opened",
-            &json!({"ticketId": ticket, "userId": user, "botId": "B-1"}),
-        )
-        .await;
-    let started = app.bus.expect(1, WAIT).await.remove(0);
-    assert_eq!(started.routing_key, "conversation.started", "{started:#?}");
-    assert_eq!(started.ticket(), ticket);
-    started.body["conversationId"].as_str().unwrap().to_string()
-}
-
 async fn resolve(app: &mut TestApp, ticket: &str) -> Seen {
     app.bus
         .publish_json("ticket.resolved", &json!({"ticketId": ticket}))
@@ -45,8 +32,8 @@ async fn store_row(app: &TestApp, ticket: &str) -> jelou_bridge::store::TicketRe
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_ticket_of_the_same_user_replaces_the_first_ones_conversation() {
     let mut app = spawn_app().await;
-    let a = open(&mut app, "T-A", "U-1").await;
-    let b = open(&mut app, "T-B", "U-1").await;
+    let a = open_ticket(&mut app, "T-A", "U-1").await;
+    let b = open_ticket(&mut app, "T-B", "U-1").await;
     assert_ne!(a, b);
     // Jelou replaced T-A's conversation with T-B's.
     assert_eq!(app.mock.conversation(&a).unwrap().state, "closed");
@@ -73,8 +60,8 @@ async fn a_second_ticket_of_the_same_user_replaces_the_first_ones_conversation()
 #[tokio::test(flavor = "multi_thread")]
 async fn tickets_sharing_one_conversation_close_it_with_the_last_one() {
     let mut app = spawn_app_with(|_, m| m.reuse_active = true).await;
-    let a = open(&mut app, "T-S1", "U-2").await;
-    let b = open(&mut app, "T-S2", "U-2").await;
+    let a = open_ticket(&mut app, "T-S1", "U-2").await;
+    let b = open_ticket(&mut app, "T-S2", "U-2").await;
     assert_eq!(a, b, "Jelou answered the active conversation");
 
     let first = resolve(&mut app, "T-S1").await;
@@ -96,7 +83,7 @@ async fn tickets_sharing_one_conversation_close_it_with_the_last_one() {
 async fn a_resolve_before_its_open_closes_nothing_of_another_ticket_and_the_open_starts_nothing() {
     let mut app = spawn_app().await;
     // The user has another ticket whose conversation is open.
-    let other = open(&mut app, "T-OTHER", "U-3").await;
+    let other = open_ticket(&mut app, "T-OTHER", "U-3").await;
     for (ticket, resolved) in [
         // With the user's ids: the (bot, user) conversation belongs to T-OTHER.
         (
@@ -169,7 +156,7 @@ async fn a_resolve_before_its_open_of_a_user_with_no_conversation_records_it_res
 #[tokio::test(flavor = "multi_thread")]
 async fn a_close_that_already_happened_is_settled_by_reading_the_conversation() {
     let mut app = spawn_app().await;
-    let conversation = open(&mut app, "T-GONE", "U-5").await;
+    let conversation = open_ticket(&mut app, "T-GONE", "U-5").await;
     // The close reached Jelou but its answer never came back (the same state a kill -9
     // between the call and the store write leaves): the conversation is closed in Jelou.
     let response = reqwest::Client::new()
@@ -211,7 +198,7 @@ async fn a_close_that_already_happened_is_settled_by_reading_the_conversation() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_404_close_of_a_conversation_jelou_does_not_know_is_still_rejected() {
     let mut app = spawn_app().await;
-    open(&mut app, "T-404", "U-6").await;
+    open_ticket(&mut app, "T-404", "U-6").await;
     app.mock.script([
         jelou_bridge::jelou::mock::Scripted::status(404),
         jelou_bridge::jelou::mock::Scripted::status(404),
@@ -227,7 +214,7 @@ async fn a_404_close_of_a_conversation_jelou_does_not_know_is_still_rejected() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_close_that_ends_another_conversation_is_never_published_as_the_tickets() {
     let mut app = spawn_app().await;
-    let own = open(&mut app, "T-DRIFT", "U-7").await;
+    let own = open_ticket(&mut app, "T-DRIFT", "U-7").await;
     // Outside the bridge, the user got a new conversation with the bot: the store still
     // believes T-DRIFT's is the active one.
     let response = reqwest::Client::new()
@@ -298,7 +285,7 @@ async fn a_start_whose_answer_is_lost_is_found_through_the_webhook_not_sent_agai
 async fn without_a_webhook_a_start_whose_answer_is_lost_is_sent_again_and_replaces_the_first() {
     let mut app = spawn_app_with(|s, _| s.jelou.timeout = Duration::from_secs(1)).await;
     app.mock.stall_next(Endpoint::Start, Duration::from_secs(3));
-    let conversation = open(&mut app, "T-LOST-2", "U-9").await;
+    let conversation = open_ticket(&mut app, "T-LOST-2", "U-9").await;
     let starts = app.mock.calls_to(Endpoint::Start);
     // The documented outcome: nothing could tell the bridge the first start worked, so it
     // is sent again; Jelou (one conversation per bot + user) replaced the first conversation,

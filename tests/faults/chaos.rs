@@ -31,16 +31,9 @@ async fn two_processes_jelou_failing_kills_and_a_broker_restart_end_every_ticket
     let mut a = scenario.start_bridge().await;
     let _b = scenario.start_bridge().await;
     let helpdesk = Helpdesk::connect(&scenario).await;
-    let mut events = Vec::new();
-    for i in 0..TICKETS + LAG {
-        if i < TICKETS {
-            events.push(opened(i));
-        }
-        if i >= LAG {
-            events.push(resolved(i - LAG));
-        }
-    }
-    helpdesk.publish_all(events).await;
+    helpdesk
+        .publish_all(opened_then_resolved(TICKETS, LAG))
+        .await;
     helpdesk.close().await;
 
     let closed = |n: usize| move |t: &Tally| t.count(TICKETS, |r| !r.closed.is_empty()) >= n;

@@ -646,6 +646,21 @@ pub fn opened(i: usize) -> (&'static str, Value, String) {
     )
 }
 
+/// `ticket.opened` for `T-0 … T-<n-1>`, each ticket's `ticket.resolved` published `lag`
+/// opens after its own open: open 0, …, open lag, resolve 0, open lag+1, resolve 1, …
+pub fn opened_then_resolved(n: usize, lag: usize) -> Vec<(&'static str, Value, String)> {
+    let mut events = Vec::new();
+    for i in 0..n + lag {
+        if i < n {
+            events.push(opened(i));
+        }
+        if i >= lag {
+            events.push(resolved(i - lag));
+        }
+    }
+    events
+}
+
 /// `ticket.resolved` for ticket `T-<i>`, naming only the ticket: the bridge must know the rest.
 pub fn resolved(i: usize) -> (&'static str, Value, String) {
     (

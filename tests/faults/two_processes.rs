@@ -22,16 +22,9 @@ async fn two_processes_on_one_postgres_store_start_each_ticket_once_and_never_cl
     let helpdesk = Helpdesk::connect(&scenario).await;
     // open 0, open 1, open 2, open 3, resolve 0, open 4, resolve 1, …: each ticket's two
     // events close together, so the two processes often get one each.
-    let mut events = Vec::new();
-    for i in 0..TICKETS + LAG {
-        if i < TICKETS {
-            events.push(opened(i));
-        }
-        if i >= LAG {
-            events.push(resolved(i - LAG));
-        }
-    }
-    helpdesk.publish_all(events).await;
+    helpdesk
+        .publish_all(opened_then_resolved(TICKETS, LAG))
+        .await;
     helpdesk.close().await;
 
     let tally = observer

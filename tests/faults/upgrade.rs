@@ -344,16 +344,9 @@ async fn rolling_upgrade_old_and_new_side_by_side_lose_nothing_and_do_nothing_tw
     );
 
     let helpdesk = Helpdesk::connect(&scenario).await;
-    let mut events = Vec::new();
-    for i in 0..ROLLING_TICKETS + LAG {
-        if i < ROLLING_TICKETS {
-            events.push(opened(i));
-        }
-        if i >= LAG {
-            events.push(resolved(i - LAG));
-        }
-    }
-    helpdesk.publish_all(events).await;
+    helpdesk
+        .publish_all(opened_then_resolved(ROLLING_TICKETS, LAG))
+        .await;
     helpdesk.close().await;
 
     let half = observer

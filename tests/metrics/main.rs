@@ -16,18 +16,7 @@ const WAIT: Duration = Duration::from_secs(15);
 const SECRET: &str = "whsec-metrics-21";
 
 async fn post_signed(http: &str, event: &Value) -> (u16, Value) {
-    let body = event.to_string();
-    let resp = reqwest::Client::new()
-        .post(format!("{http}/webhooks/jelou"))
-        .header(
-            "x-jelou-signature",
-            jelou_bridge::webhook::sign(SECRET.as_bytes(), body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
+    post_webhook(http, SECRET, event).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

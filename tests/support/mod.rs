@@ -639,3 +639,44 @@ pub async fn scrape(http: &str) -> String {
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     resp.text().await.unwrap()
 }
+
+/// Posts `event` to the bridge's webhook signed with `secret`, as Jelou does; the status and
+/// the JSON answer.
+pub async fn post_webhook(http: &str, secret: &str, event: &Value) -> (u16, Value) {
+    let body = event.to_string();
+    let resp = reqwest::Client::new()
+        .post(format!("{http}/webhooks/jelou"))
+        .header(
+            "x-jelou-signature",
+            jelou_bridge::webhook::sign(secret.as_bytes(), body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// Opens `ticket` for `user` (bot `B-1`) through the bus; its conversation id. Messages of
+/// other kinds (the stand-in's webhooks coming back as `jelou.*`) are skipped.
+pub async fn open_ticket(app: &mut TestApp, ticket: &str, user: &str) -> String {
+    app.bus
+        .publish_json(
+            "ticket.opened",
+            &serde_json::json!({"ticketId": ticket, "userId": user, "botId": "B-1"}),
+        )
+        .await;
+    let seen = app
+        .bus
+        .collect_until(Duration::from_secs(15), |s| {
+            s.iter().any(|m| !m.routing_key.starts_with("jelou."))
+        })
+        .await;
+    let started = seen
+        .into_iter()
+        .find(|m| !m.routing_key.starts_with("jelou."))
+        .unwrap();
+    assert_eq!(started.routing_key, "conversation.started", "{started:#?}");
+    assert_eq!(started.ticket(), ticket);
+    started.body["conversationId"].as_str().unwrap().to_string()
+}
