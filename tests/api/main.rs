@@ -14,4 +14,5 @@ mod sharding;
 mod store;
 mod tickets;
 mod tls;
+mod trace;
 mod webhook;
