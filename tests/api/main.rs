@@ -9,6 +9,7 @@ mod commands;
 mod failures;
 mod health;
 mod messages;
+mod monitoring;
 mod ownership;
 mod sharding;
 mod store;
