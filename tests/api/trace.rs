@@ -123,6 +123,43 @@ async fn a_parked_ticket_continues_its_trace_when_it_comes_back() {
     app.bus
         .publish("ticket.opened", body.to_string().as_bytes(), traced(None))
         .await;
+    // Look at the parked message while it waits its 1 s (and put it back).
+    let delay =
+        jelou_bridge::amqp::topology::delay_queue(&app.settings.amqp.queue, Duration::from_secs(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let parked = loop {
+        let got = app
+            .bus
+            .channel
+            .basic_get(
+                delay.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap();
+        if let Some(msg) = got {
+            let headers = msg.delivery.properties.headers().clone();
+            msg.delivery
+                .acker
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            break headers;
+        }
+        assert!(std::time::Instant::now() < deadline, "never parked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let parked_tp = jelou_bridge::amqp::header_str(parked.as_ref(), "traceparent")
+        .expect("the parked message carries a traceparent");
+    let (parked_trace, parked_span, _) = parts(&parked_tp);
+    assert_eq!(parked_trace, TRACE);
+    assert_ne!(
+        parked_span, HELPDESK_SPAN,
+        "the parked message names the delivery that parked it, not the helpdesk's span"
+    );
     let started = app.bus.expect(1, WAIT).await.remove(0);
     assert_eq!(started.routing_key, "conversation.started");
     let calls = app.mock.calls_to(Endpoint::Start);
