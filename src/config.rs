@@ -282,7 +282,7 @@ pub struct LogSettings {
 pub struct TelemetrySettings {
     /// OTLP/HTTP (protobuf) collector URL, e.g. `http://127.0.0.1:4318` (`/v1/traces` is
     /// appended unless the path already ends with it); none or empty: spans are not exported.
-    #[serde(default)]
+    #[serde(default, serialize_with = "redact_opt_url")]
     pub otlp_endpoint: Option<String>,
     /// The `service.name` resource attribute of exported spans.
     pub service_name: String,
@@ -770,6 +770,14 @@ fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(&redacted_url(secret.expose_secret()))
 }
 
+/// A collector URL may carry a password: `check-config` shows it redacted.
+fn redact_opt_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_str(&redacted_url(u)),
+        None => s.serialize_none(),
+    }
+}
+
 fn redact_urls<S: Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(secrets.iter().map(|u| redacted_url(u.expose_secret())))
 }
@@ -846,6 +854,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("telemetry.otlp_endpoint"), "{e}");
+        let s = Settings::load(
+            &vars(&[(
+                "JELOU_BRIDGE__TELEMETRY__OTLP_ENDPOINT",
+                "https://u:pw-otlp-123@otel:4318",
+            )]),
+            true,
+        )
+        .unwrap();
+        let shown = s.to_redacted_toml();
+        assert!(
+            shown.contains("otel:4318") && !shown.contains("pw-otlp-123"),
+            "check-config hides the collector's password: {shown}"
+        );
     }
 
     #[test]

@@ -70,10 +70,16 @@ pub fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(endpoint)
+            .with_endpoint(endpoint.clone())
             .with_timeout(EXPORT_TIMEOUT)
             .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+            // The exporter's errors may quote the URL, and with it a password.
+            .map_err(|e| {
+                TelemetryError::Exporter(
+                    e.to_string()
+                        .replace(&endpoint, &crate::config::redacted_url(&endpoint)),
+                )
+            })?;
         builder = builder.with_batch_exporter(exporter);
     }
     Ok(builder.build())
