@@ -47,12 +47,12 @@ pub async fn run(settings: &Settings, command: TicketsCommand) -> anyhow::Result
             };
             let records = store.list(state, limit).await?;
             println!(
-                "{:<24} {:<9} {:<32} {:<20} LAST ERROR",
+                "{:<24} {:<9} {:<32} {:<24} LAST ERROR",
                 "TICKET", "STATE", "CONVERSATION", "UPDATED"
             );
             for r in &records {
                 println!(
-                    "{:<24} {:<9} {:<32} {:<20} {}",
+                    "{:<24} {:<9} {:<32} {:<24} {}",
                     r.ticket_id,
                     r.state.as_str(),
                     r.conversation_id.as_deref().unwrap_or("-"),

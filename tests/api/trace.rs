@@ -275,6 +275,22 @@ async fn jelou_webhooks_and_tickets_show_carry_the_tickets_trace() {
             "{key} is RFC 3339 UTC: {at}"
         );
     }
+    let out = bridge_command(&app.settings)
+        .args(["tickets", "list"])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("T-TRHOOK "))
+        .unwrap_or_else(|| panic!("listed: {stdout}"));
+    let updated = row.split_whitespace().nth(3).unwrap();
+    assert!(
+        humantime::parse_rfc3339(updated).is_ok(),
+        "tickets list prints RFC 3339: {row}"
+    );
     app.stop().await;
 }
 
