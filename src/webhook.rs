@@ -337,6 +337,9 @@ async fn resolve_ticket(
     }
 }
 
+/// Longest wait for the ticket's trace before publishing a webhook event without it.
+const TRACE_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Tells the store what Jelou said about the conversation, then publishes with confirm.
 async fn forward(
     state: &WebhookState,
@@ -371,14 +374,15 @@ async fn forward(
     // costs the trace, not the event.
     let span = tracing::info_span!("webhook.publish", event, ticket_id);
     if let Some(t) = ticket_id {
-        match state.store.get(t).await {
-            Ok(Some(record)) => {
+        match tokio::time::timeout(TRACE_LOOKUP_TIMEOUT, state.store.get(t)).await {
+            Ok(Ok(Some(record))) => {
                 if let Some(tp) = record.traceparent.as_deref() {
                     trace_context::continue_trace(&span, trace_context::from_traceparent(tp));
                 }
             }
-            Ok(None) => {}
-            Err(e) => debug!(error = %e, "webhook: could not read the ticket's trace"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => debug!(error = %e, "webhook: could not read the ticket's trace"),
+            Err(_) => debug!("webhook: the ticket's trace was not read in time"),
         }
     }
     trace_context::inject_amqp(&span, &mut table);

@@ -149,7 +149,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             Err(code) => return code,
         },
     };
-    let tracing = match telemetry::init(&settings.log, &settings.telemetry) {
+    let traces = match telemetry::init(&settings.log, &settings.telemetry) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("jelou-bridge: {e}");
@@ -177,7 +177,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::MockJelou(args) => mock_jelou(&settings, args).await,
     };
     // Flushing the last spans blocks (bounded): off the runtime's threads.
-    let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     match result {
         Ok(code) => code,
         Err(e) => {
