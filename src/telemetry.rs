@@ -54,14 +54,7 @@ impl Tracing {
 /// keeps everything), and go to `telemetry.otlp_endpoint` over OTLP/HTTP (protobuf) in
 /// batches when it is set.
 pub fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
-    let resource = Resource::builder()
-        .with_service_name(settings.service_name.clone())
-        .with_attributes([
-            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-            KeyValue::new("service.namespace", "jelou-bridge"),
-        ])
-        .build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    let mut builder = provider_builder(&settings.service_name);
     if let Some(endpoint) = settings.traces_url() {
         use opentelemetry_otlp::WithExportConfig;
         // The exporter's own blocking client, built on a thread of its own (a blocking
@@ -83,6 +76,19 @@ pub fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider
         builder = builder.with_batch_exporter(exporter);
     }
     Ok(builder.build())
+}
+
+/// What every tracer provider of the bridge shares: the resource, and the SDK's default
+/// sampler (parent-based: a helpdesk's unsampled trace stays unsampled).
+fn provider_builder(service_name: &str) -> opentelemetry_sdk::trace::TracerProviderBuilder {
+    let resource = Resource::builder()
+        .with_service_name(service_name.to_string())
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.namespace", "jelou-bridge"),
+        ])
+        .build();
+    SdkTracerProvider::builder().with_resource(resource)
 }
 
 /// The layer that turns the bridge's spans into OpenTelemetry spans. Its filter keeps the
@@ -133,15 +139,7 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Tracing,
 /// [`init`] does not run. The provider lives as long as the process.
 pub fn init_trace_context_only() {
     static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
-    let provider = PROVIDER.get_or_init(|| {
-        SdkTracerProvider::builder()
-            .with_resource(
-                Resource::builder()
-                    .with_service_name("jelou-bridge")
-                    .build(),
-            )
-            .build()
-    });
+    let provider = PROVIDER.get_or_init(|| provider_builder("jelou-bridge").build());
     let _ = tracing_subscriber::registry()
         .with(trace_layer(provider))
         .try_init();

@@ -107,6 +107,27 @@ async fn the_helpdesk_traceparent_reaches_the_jelou_call_and_the_outcome() {
     );
     let call = app.mock.calls_to(Endpoint::Start).remove(1);
     assert_eq!(parts(header(&call, "traceparent").unwrap()).0, fresh);
+
+    // A trace the helpdesk chose not to sample stays unsampled downstream.
+    let mut headers = FieldTable::default();
+    jelou_bridge::amqp::set_str(
+        &mut headers,
+        "traceparent",
+        &format!("00-{TRACE}-{HELPDESK_SPAN}-00"),
+    );
+    let body = json!({"ticketId": "T-TRACE3", "userId": "U-TR3", "botId": "B"});
+    app.bus
+        .publish(
+            "ticket.opened",
+            body.to_string().as_bytes(),
+            BasicProperties::default().with_headers(headers),
+        )
+        .await;
+    let started = app.bus.expect(1, WAIT).await.remove(0);
+    let (trace, _, flags) = parts(&started.header("traceparent").unwrap());
+    assert_eq!((trace.as_str(), flags.as_str()), (TRACE, "00"));
+    let call = app.mock.calls_to(Endpoint::Start).remove(2);
+    assert_eq!(parts(header(&call, "traceparent").unwrap()).2, "00");
     app.stop().await;
 }
 
