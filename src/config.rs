@@ -282,7 +282,7 @@ pub struct LogSettings {
 pub struct TelemetrySettings {
     /// OTLP/HTTP (protobuf) collector URL, e.g. `http://127.0.0.1:4318` (`/v1/traces` is
     /// appended unless the path already ends with it); none or empty: spans are not exported.
-    #[serde(default, serialize_with = "redact_opt_url")]
+    #[serde(default)]
     pub otlp_endpoint: Option<String>,
     /// The `service.name` resource attribute of exported spans.
     pub service_name: String,
@@ -559,6 +559,13 @@ impl Settings {
                     "scheme must be http or https (OTLP over HTTP)",
                 ));
             }
+            // The exporter's own error lines quote the URL: no secret may be in it.
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(ConfigError::new(
+                    "telemetry.otlp_endpoint",
+                    "must not carry credentials; set OTEL_EXPORTER_OTLP_HEADERS instead",
+                ));
+            }
         }
         if self.telemetry.service_name.trim().is_empty() {
             return Err(ConfigError::new(
@@ -770,14 +777,6 @@ fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(&redacted_url(secret.expose_secret()))
 }
 
-/// A collector URL may carry a password: `check-config` shows it redacted.
-fn redact_opt_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    match url {
-        Some(u) => s.serialize_str(&redacted_url(u)),
-        None => s.serialize_none(),
-    }
-}
-
 fn redact_urls<S: Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(secrets.iter().map(|u| redacted_url(u.expose_secret())))
 }
@@ -861,11 +860,11 @@ mod tests {
             )]),
             true,
         )
-        .unwrap();
-        let shown = s.to_redacted_toml();
+        .unwrap_err()
+        .to_string();
         assert!(
-            shown.contains("otel:4318") && !shown.contains("pw-otlp-123"),
-            "check-config hides the collector's password: {shown}"
+            s.contains("telemetry.otlp_endpoint") && !s.contains("pw-otlp-123"),
+            "credentials refused, and not shown: {s}"
         );
     }
 

@@ -63,16 +63,12 @@ pub fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(endpoint.clone())
+            // Checked by the configuration: carries no credentials (they go in
+            // OTEL_EXPORTER_OTLP_HEADERS), so its errors may quote it.
+            .with_endpoint(endpoint)
             .with_timeout(EXPORT_TIMEOUT)
             .build()
-            // The exporter's errors may quote the URL, and with it a password.
-            .map_err(|e| {
-                TelemetryError::Exporter(
-                    e.to_string()
-                        .replace(&endpoint, &crate::config::redacted_url(&endpoint)),
-                )
-            })?;
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         builder = builder.with_batch_exporter(exporter);
     }
     Ok(builder.build())
