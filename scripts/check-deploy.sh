@@ -8,6 +8,8 @@
 #               for what they must contain, `docker compose config` runs when the plugin
 #               exists, and the image's HEALTHCHECK command is run against a live bridge
 #   kubernetes  kubectl kustomize renders the kustomization; the objects are linted
+#   monitoring  promtool check rules on the alert rules (Debian's prometheus package, installed
+#               when missing), promtool test rules on their unit tests, and the dashboard is JSON
 #   rabbitmq    generate.py reproduces the committed files; each definitions file is imported
 #               into a scratch vhost and the bridge must get ready on it, first only checking
 #               the topology, then declaring its own on top (same arguments, or the broker
@@ -76,6 +78,19 @@ for key in User=jelou-bridge ProtectSystem=strict StateDirectory=jelou-bridge Re
            Environment=JELOU_BRIDGE__STORE__URL=sqlite:///var/lib/jelou-bridge/jelou-bridge.db; do
   grep -qx "$key" "$unit" || fail "$unit lacks $key"
 done
+
+# ---------------------------------------------------------------- monitoring
+# promtool comes with Debian's prometheus package; never skipped: installed when missing.
+if ! command -v promtool >/dev/null 2>&1; then
+  say "monitoring: promtool missing; installing Debian's prometheus package"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >&2 \
+    || fail "could not install promtool (apt-get install prometheus)"
+fi
+promtool check rules deploy/monitoring/alerts.yml >&2 || fail "promtool check rules deploy/monitoring/alerts.yml"
+(cd deploy/monitoring && promtool test rules alerts.test.yml) >&2 || fail "promtool test rules deploy/monitoring/alerts.test.yml"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["panels"], "no panels"' \
+  deploy/monitoring/grafana-dashboard.json || fail "deploy/monitoring/grafana-dashboard.json"
+say "monitoring: alert rules pass promtool check and their tests; the dashboard parses"
 
 # ---------------------------------------------------------------- static lint (python)
 SCRATCH="$scratch" python3 - <<'PY' || fail "deployment files lint"

@@ -31,6 +31,7 @@ use crate::ticket::{
     self, close_request, message_request, start_request, InvalidMessage, Recipient, TicketEvent,
     TicketOpened, TicketReply, TicketResolved,
 };
+use crate::trace_context;
 
 /// How often a delivery waiting on another one's work looks at the store again.
 const POLL: Duration = Duration::from_millis(100);
@@ -283,10 +284,16 @@ impl Bridge {
             Err(missing) => return invalid(&t.ticket_id, "start", &missing.0, msg),
         };
         let waited = Instant::now();
+        let traceparent = trace_context::traceparent(&tracing::Span::current());
         let learned = loop {
             match self
                 .store
-                .claim_start(&t.ticket_id, &req.bot_id, &req.user_id)
+                .claim_start_traced(
+                    &t.ticket_id,
+                    &req.bot_id,
+                    &req.user_id,
+                    traceparent.as_deref(),
+                )
                 .await
             {
                 Err(e) => return park_store("start", e, msg),
@@ -1264,6 +1271,7 @@ impl Bridge {
         if let Some(t) = &failure.ticket_id {
             set_str(&mut table, headers::TICKET_ID, t);
         }
+        trace_context::inject_amqp(&tracing::Span::current(), &mut table);
         let props = msg
             .properties
             .clone()
@@ -1314,6 +1322,8 @@ impl Bridge {
         if let Some(c) = &parking.conversation_id {
             set_str(&mut table, headers::CONVERSATION_ID, c);
         }
+        // Its next pass continues this delivery's trace.
+        trace_context::inject_amqp(&tracing::Span::current(), &mut table);
         let props = msg
             .properties
             .clone()
@@ -1383,6 +1393,7 @@ fn outcome_properties(outcome: &Outcome, correlation_id: Option<String>) -> Basi
     if let Some(t) = &outcome.ticket_id {
         set_str(&mut table, headers::TICKET_ID, t);
     }
+    trace_context::inject_amqp(&tracing::Span::current(), &mut table);
     let mut props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)

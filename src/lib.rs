@@ -3,7 +3,9 @@
 //!
 //! # Map
 //! - [`config`]: typed settings in layers (defaults → files → `--config` → env).
-//! - [`telemetry`]: structured logs and the Prometheus recorder.
+//! - [`telemetry`]: structured logs, spans (OTLP export) and the Prometheus recorder.
+//! - [`trace_context`]: W3C `traceparent`/`tracestate` in from the helpdesk, out on every
+//!   Jelou call and published message.
 //! - [`ticket`]: the domain: inbound ticket events, checked, and the Jelou requests they become.
 //! - [`events`]: what the bridge publishes (`conversation.started`, `ticket.failed`, …).
 //! - [`jelou`]: the API client, failure classification, retries with `backon`, a stand-in.
@@ -20,7 +22,8 @@
 //! - [`app`]: the daemon assembled; [`cli`]: the commands.
 //!
 //! # The path of one ticket event
-//! consume ([`amqp::consumer`]) → decode ([`ticket::decode`]) → wait its turn
+//! consume ([`amqp::consumer`]; its span continues the inbound `traceparent`) → decode
+//! ([`ticket::decode`]) → wait its turn
 //! ([`lanes`]) → decide: claim in the [`store`], call Jelou with retries ([`jelou`]), record
 //! the result ([`bridge::Bridge::decide`]) → publish the outcome with confirms, or park it in
 //! a delay queue, or dead-letter it ([`bridge::Bridge::settle`]) → ack.
@@ -39,4 +42,5 @@ pub mod reconcile;
 pub mod store;
 pub mod telemetry;
 pub mod ticket;
+pub mod trace_context;
 pub mod webhook;

@@ -111,6 +111,7 @@ mod tests {
             attempts: 1,
             created_at: 0,
             updated_at: 0,
+            traceparent: None,
         }
     }
 

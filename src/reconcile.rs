@@ -126,6 +126,12 @@ async fn close(
         );
         let mut table = lapin::types::FieldTable::default();
         set_str(&mut table, headers::TICKET_ID, &ticket.ticket_id);
+        // The close joins the ticket's trace, as Jelou's own webhook would.
+        let span = tracing::info_span!("reconcile.publish", ticket_id = %ticket.ticket_id);
+        if let Some(tp) = ticket.traceparent.as_deref() {
+            crate::trace_context::continue_trace(&span, crate::trace_context::from_traceparent(tp));
+        }
+        crate::trace_context::inject_amqp(&span, &mut table);
         let props = lapin::BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)

@@ -115,6 +115,8 @@ pub struct TicketRecord {
     pub attempts: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The W3C `traceparent` of the delivery that started the ticket, when it had a trace.
+    pub traceparent: Option<String>,
 }
 
 fn state_str<S: serde::Serializer>(state: &TicketState, s: S) -> Result<S::Ok, S::Error> {
@@ -140,6 +142,7 @@ impl<'r> FromRow<'r, AnyRow> for TicketRecord {
             attempts: row.try_get("attempts")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            traceparent: row.try_get("traceparent")?,
         })
     }
 }
@@ -198,7 +201,7 @@ pub enum WebhookClaim {
 }
 
 const COLUMNS: &str = "ticket_id, bot_id, user_id, conversation_id, room_id, state, owner, \
-                       lease_until, ended_reason, last_error, attempts, created_at, updated_at";
+                       lease_until, ended_reason, last_error, attempts, created_at, updated_at, traceparent";
 
 #[derive(Clone)]
 pub struct Store {
@@ -467,9 +470,26 @@ impl Store {
         bot_id: &str,
         user_id: &str,
     ) -> Result<StartClaim, StoreError> {
+        self.claim_start_traced(ticket_id, bot_id, user_id, None)
+            .await
+    }
+
+    /// [`Store::claim_start`], keeping `traceparent` as the ticket's trace when it has none
+    /// yet (Jelou's webhooks about the ticket join it; `tickets show` names it).
+    pub async fn claim_start_traced(
+        &self,
+        ticket_id: &str,
+        bot_id: &str,
+        user_id: &str,
+        traceparent: Option<&str>,
+    ) -> Result<StartClaim, StoreError> {
         // Insert, or take over a row that failed for good or whose holder let go or died;
         // the statement is in `batch` (shared with concurrent claims).
-        if let Some(taken) = self.writes.claim(ticket_id, bot_id, user_id).await? {
+        if let Some(taken) = self
+            .writes
+            .claim(ticket_id, bot_id, user_id, traceparent)
+            .await?
+        {
             return Ok(StartClaim::Claimed {
                 learned_conversation: taken.learned_conversation,
             });

@@ -1,37 +1,144 @@
-//! Logs (`tracing`: JSON in production, readable on a terminal) and the Prometheus recorder.
+//! Logs (`tracing`: JSON in production, readable on a terminal), traces (W3C trace context
+//! on every delivery, Jelou call and published message; OTLP export when
+//! `telemetry.otlp_endpoint` is set) and the Prometheus recorder.
+//!
+//! Trace ids come from the OpenTelemetry SDK through `tracing-opentelemetry`, always, export
+//! or not: the ids the bridge puts on the bus and on Jelou calls must not depend on whether
+//! anyone collects the spans, nor on the log level (the trace layer has its own filter).
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{LogFormat, LogSettings};
+use crate::config::{LogFormat, LogSettings, TelemetrySettings};
 
-/// Installs the global subscriber; a second call (tests) is a no-op.
-pub fn init_logging(settings: &LogSettings) {
+/// Longest wait for the last spans to reach the collector at exit.
+const EXPORT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one export to the collector may take.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why trace export could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("telemetry.otlp_endpoint: {0}")]
+    Exporter(String),
+}
+
+/// Owns the tracer provider: dropping it without [`Tracing::shutdown`] may lose the last
+/// spans of a run.
+pub struct Tracing {
+    provider: SdkTracerProvider,
+}
+
+impl Tracing {
+    /// Sends the spans still buffered (bounded by a timeout), then stops exporting.
+    pub fn shutdown(self) {
+        // The batch exporter blocks on its own thread; a bounded wait here.
+        if let Err(e) = self.provider.shutdown_with_timeout(EXPORT_SHUTDOWN_TIMEOUT) {
+            tracing::warn!(error = %e, "could not send the last spans to the collector");
+        }
+    }
+}
+
+/// The tracer provider: spans get ids (sampling follows the inbound `traceparent`, else
+/// keeps everything), and go to `telemetry.otlp_endpoint` over OTLP/HTTP (protobuf) in
+/// batches when it is set.
+pub fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
+    let mut builder = provider_builder(&settings.service_name);
+    if let Some(endpoint) = settings.traces_url() {
+        use opentelemetry_otlp::WithExportConfig;
+        // The exporter's own blocking client, built on a thread of its own (a blocking
+        // client must not be made or dropped on the async runtime); it sends from the batch
+        // processor's thread, never from the runtime's.
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            // Checked by the configuration: carries no credentials (they go in
+            // OTEL_EXPORTER_OTLP_HEADERS), so its errors may quote it.
+            .with_endpoint(endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+/// What every tracer provider of the bridge shares: the resource, and the SDK's default
+/// sampler (parent-based: a helpdesk's unsampled trace stays unsampled).
+fn provider_builder(service_name: &str) -> opentelemetry_sdk::trace::TracerProviderBuilder {
+    let resource = Resource::builder()
+        .with_service_name(service_name.to_string())
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.namespace", "jelou-bridge"),
+        ])
+        .build();
+    SdkTracerProvider::builder().with_resource(resource)
+}
+
+/// The layer that turns the bridge's spans into OpenTelemetry spans. Its filter keeps the
+/// bridge's own spans at `info` whatever `log.level` says, since trace context rides on them.
+pub fn trace_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("jelou-bridge"))
+        .with_filter(Targets::new().with_target("jelou_bridge", LevelFilter::INFO))
+}
+
+/// Installs the global subscriber (logs and the trace layer) and returns the tracer
+/// provider to shut down at exit; a second call (tests) installs nothing.
+pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Tracing, TelemetryError> {
+    let provider = tracer_provider(telemetry)?;
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match settings.format {
+    let json = match log.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(true);
-    let _ = if json {
-        builder
-            .json()
+    let fmt = if json {
+        fmt.json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init()
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.compact().try_init()
+        fmt.compact().with_filter(filter).boxed()
     };
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(trace_layer(&provider))
+        .try_init();
+    Ok(Tracing { provider })
+}
+
+/// Installs, when no subscriber is set yet, one that keeps trace context and writes no logs:
+/// for embedding the bridge as a library (the integration tests do), where the binary's
+/// [`init`] does not run. The provider lives as long as the process.
+pub fn init_trace_context_only() {
+    static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+    let provider = PROVIDER.get_or_init(|| provider_builder("jelou-bridge").build());
+    let _ = tracing_subscriber::registry()
+        .with(trace_layer(provider))
+        .try_init();
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

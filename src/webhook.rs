@@ -17,11 +17,12 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::amqp::{headers, set_str, BrokerLink};
 use crate::events::Outcome;
 use crate::store::{Store, WebhookClaim};
+use crate::trace_context;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -336,6 +337,9 @@ async fn resolve_ticket(
     }
 }
 
+/// Longest wait for the ticket's trace before publishing a webhook event without it.
+const TRACE_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Tells the store what Jelou said about the conversation, then publishes with confirm.
 async fn forward(
     state: &WebhookState,
@@ -366,6 +370,22 @@ async fn forward(
     if let Some(t) = ticket_id {
         set_str(&mut table, headers::TICKET_ID, t);
     }
+    // The event joins its ticket's trace when the store knows one; a store that cannot say
+    // costs the trace, not the event.
+    let span = tracing::info_span!("webhook.publish", event, ticket_id);
+    if let Some(t) = ticket_id {
+        match tokio::time::timeout(TRACE_LOOKUP_TIMEOUT, state.store.get(t)).await {
+            Ok(Ok(Some(record))) => {
+                if let Some(tp) = record.traceparent.as_deref() {
+                    trace_context::continue_trace(&span, trace_context::from_traceparent(tp));
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => debug!(error = %e, "webhook: could not read the ticket's trace"),
+            Err(_) => debug!("webhook: the ticket's trace was not read in time"),
+        }
+    }
+    trace_context::inject_amqp(&span, &mut table);
     let mut props = lapin::BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
@@ -385,6 +405,7 @@ async fn forward(
             props,
             false,
         )
+        .instrument(span)
         .await
         .map_err(|e| NotForwarded::Broker(e.to_string()))
 }

@@ -207,7 +207,17 @@ fn dispatch(
         correlation_id = msg.correlation_id().as_deref().unwrap_or(""),
         event = %msg.routing_key,
         parked = msg.parked,
+        trace_id = tracing::field::Empty,
     );
+    // Before the span is first entered: afterwards its parent is fixed.
+    crate::trace_context::continue_trace(
+        &span,
+        crate::trace_context::from_amqp(msg.properties.headers().as_ref()),
+    );
+    // In the delivery's log lines too, so the logs of a ticket are found by its trace.
+    if let Some(id) = crate::trace_context::trace_id_of(&span) {
+        span.record("trace_id", id.as_str());
+    }
     let bridge = bridge.clone();
     let publisher = publisher.clone();
     metrics::gauge!("jelou_bridge_inflight_deliveries").increment(1.0);

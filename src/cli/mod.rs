@@ -149,7 +149,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
             Err(code) => return code,
         },
     };
-    telemetry::init_logging(&settings.log);
+    let traces = match telemetry::init(&settings.log, &settings.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("jelou-bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Run { sandbox } => run(settings, sandbox).await,
         Command::CheckConfig { probe, .. } => check_config(&settings, probe).await,
@@ -170,6 +176,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
         }
         Command::MockJelou(args) => mock_jelou(&settings, args).await,
     };
+    // Flushing the last spans blocks (bounded): off the runtime's threads.
+    let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     match result {
         Ok(code) => code,
         // A store a newer release migrated: one line naming the key, exit 2, as for any

@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use crate::config::Settings;
-use crate::store::{Store, TicketState};
+use crate::store::{Store, TicketRecord, TicketState};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TicketsCommand {
-    /// One ticket, as JSON.
+    /// One ticket, as JSON: times in RFC 3339 (UTC), and its trace id when known.
     Show {
         /// The ticket id.
         ticket: String,
@@ -28,7 +28,7 @@ pub async fn run(settings: &Settings, command: TicketsCommand) -> anyhow::Result
     let code = match command {
         TicketsCommand::Show { ticket } => match store.get(&ticket).await? {
             Some(record) => {
-                println!("{}", serde_json::to_string_pretty(&record)?);
+                println!("{}", serde_json::to_string_pretty(&shown(&record)?)?);
                 ExitCode::SUCCESS
             }
             None => {
@@ -47,18 +47,16 @@ pub async fn run(settings: &Settings, command: TicketsCommand) -> anyhow::Result
             };
             let records = store.list(state, limit).await?;
             println!(
-                "{:<24} {:<9} {:<32} {:<20} LAST ERROR",
+                "{:<24} {:<9} {:<32} {:<24} LAST ERROR",
                 "TICKET", "STATE", "CONVERSATION", "UPDATED"
             );
             for r in &records {
-                let updated = std::time::UNIX_EPOCH
-                    + std::time::Duration::from_millis(r.updated_at.max(0) as u64);
                 println!(
-                    "{:<24} {:<9} {:<32} {:<20} {}",
+                    "{:<24} {:<9} {:<32} {:<24} {}",
                     r.ticket_id,
                     r.state.as_str(),
                     r.conversation_id.as_deref().unwrap_or("-"),
-                    humantime::format_rfc3339_seconds(updated),
+                    rfc3339(r.updated_at),
                     r.last_error.as_deref().unwrap_or("")
                 );
             }
@@ -67,4 +65,33 @@ pub async fn run(settings: &Settings, command: TicketsCommand) -> anyhow::Result
     };
     store.close().await;
     Ok(code)
+}
+
+/// A store time (ms since the epoch) as people read it: RFC 3339, UTC, to the millisecond.
+fn rfc3339(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// The record as `tickets show` prints it: the store's epoch milliseconds as RFC 3339, and
+/// the trace id of the ticket's `traceparent` (what a trace backend is searched by).
+fn shown(record: &TicketRecord) -> anyhow::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(record)?;
+    if let Some(fields) = value.as_object_mut() {
+        for (key, ms) in [
+            ("createdAt", Some(record.created_at)),
+            ("updatedAt", Some(record.updated_at)),
+            ("leaseUntil", record.lease_until),
+        ] {
+            if let Some(ms) = ms {
+                fields.insert(key.into(), rfc3339(ms).into());
+            }
+        }
+        let trace_id = record
+            .traceparent
+            .as_deref()
+            .and_then(crate::trace_context::trace_id);
+        fields.insert("traceId".into(), trace_id.into());
+    }
+    Ok(value)
 }

@@ -8,6 +8,7 @@ use base64::Engine;
 use reqwest::header::{self, HeaderName, HeaderValue};
 use secrecy::ExposeSecret;
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::error::JelouError;
 use crate::config::{JelouAuth, JelouSettings};
@@ -245,22 +246,40 @@ impl JelouClient {
 
     /// Sends one request, counts and times it; a 2xx answer yields its `data` object (or
     /// `{}`), anything else an error.
+    ///
+    /// Each call is a client span of the delivery's trace, and carries it (`traceparent`).
     async fn send(
         &self,
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
     ) -> Result<(u16, Value, bytes::Bytes), JelouError> {
+        let span = tracing::info_span!(
+            "jelou.call",
+            otel.name = tracing::field::Empty,
+            otel.kind = "client",
+            endpoint = endpoint.as_str(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        span.record("otel.name", format!("jelou {}", endpoint.as_str()).as_str());
         let started = Instant::now();
         let result = async {
-            let response = request.send().await.map_err(|e| self.transport_error(e))?;
+            let mut request = request.build().map_err(|e| self.transport_error(e))?;
+            crate::trace_context::inject_http(&tracing::Span::current(), request.headers_mut());
+            let response = self
+                .http
+                .execute(request)
+                .await
+                .map_err(|e| self.transport_error(e))?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
             let raw = response
                 .bytes()
                 .await
                 .map_err(|e| self.transport_error(e))?;
+            tracing::Span::current().record("http.response.status_code", status);
             Ok::<_, JelouError>((status, headers, raw))
         }
+        .instrument(span)
         .await;
         let elapsed = started.elapsed().as_secs_f64();
         let class = match &result {

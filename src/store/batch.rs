@@ -26,6 +26,7 @@ struct Claim {
     ticket_id: String,
     bot_id: String,
     user_id: String,
+    traceparent: Option<String>,
     /// Some when the row was taken.
     done: oneshot::Sender<Result<Option<Taken>, StoreError>>,
 }
@@ -72,12 +73,14 @@ impl Batcher {
         ticket_id: &str,
         bot_id: &str,
         user_id: &str,
+        traceparent: Option<&str>,
     ) -> Result<Option<Taken>, StoreError> {
         let (done, answer) = oneshot::channel();
         self.send(Write::Claim(Claim {
             ticket_id: ticket_id.to_string(),
             bot_id: bot_id.to_string(),
             user_id: user_id.to_string(),
+            traceparent: traceparent.map(str::to_string),
             done,
         }))?;
         answer.await.map_err(|_| stopped())?
@@ -253,20 +256,22 @@ async fn claim_rows(
 ) -> Result<HashMap<String, Taken>, sqlx::Error> {
     let rows: Vec<String> = (0..claims.len())
         .map(|i| {
-            let p = 4 + 3 * i;
+            let p = 4 + 4 * i;
             format!(
-                "(${p}, ${}, ${}, 'starting', $1, $2, 1, $3, $3)",
+                "(${p}, ${}, ${}, 'starting', $1, $2, 1, $3, $3, ${})",
                 p + 1,
-                p + 2
+                p + 2,
+                p + 3
             )
         })
         .collect();
     let sql = format!(
-        "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, attempts, created_at, updated_at) \
+        "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, attempts, created_at, updated_at, traceparent) \
          VALUES {} \
          ON CONFLICT (ticket_id) DO UPDATE SET state = 'starting', bot_id = excluded.bot_id, \
              user_id = excluded.user_id, owner = excluded.owner, lease_until = excluded.lease_until, \
-             attempts = tickets.attempts + 1, updated_at = excluded.updated_at \
+             attempts = tickets.attempts + 1, updated_at = excluded.updated_at, \
+             traceparent = COALESCE(tickets.traceparent, excluded.traceparent) \
          WHERE tickets.state = 'failed' OR (tickets.state = 'starting' AND (tickets.owner IS NULL \
              OR tickets.owner = excluded.owner OR tickets.lease_until < excluded.updated_at)) \
          RETURNING ticket_id, conversation_id",
@@ -278,7 +283,11 @@ async fn claim_rows(
         .bind(now + lease_ms)
         .bind(now);
     for c in claims {
-        query = query.bind(&c.ticket_id).bind(&c.bot_id).bind(&c.user_id);
+        query = query
+            .bind(&c.ticket_id)
+            .bind(&c.bot_id)
+            .bind(&c.user_id)
+            .bind(c.traceparent.as_deref());
     }
     let conn = writer.conn().await?;
     let taken = query.fetch_all(&mut **conn).await;

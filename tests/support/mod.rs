@@ -314,6 +314,8 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a stand-in and a bridge; `customize` may change both before they start.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings, &mut MockOptions)) -> TestApp {
+    // The binary's subscriber does not run here; trace context needs a trace layer.
+    jelou_bridge::telemetry::init_trace_context_only();
     let mut mock_options = MockOptions {
         api_key: Some(API_KEY.into()),
         ..MockOptions::default()
