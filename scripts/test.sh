@@ -34,6 +34,7 @@ fi
 for required in tests/api tests/faults scripts/check-deploy.sh scripts/cluster.sh; do
   [ -e "$required" ] || { echo "FAILED: $required is missing" >&2; exit 1; }
 done
+scripts/check-contract.sh  # docs/asyncapi.yaml valid and describing every schemas/ file (installs its validator)
 cargo test --locked --no-run --lib --bins --test api --test metrics --test faults
 echo "== unit and integration tests (parallel) =="
 timeout --kill-after=10 900 cargo test --locked --lib --bins --test api --test metrics

@@ -4,6 +4,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::contract;
+
 /// Routing keys (and `event` values) of what the bridge publishes.
 pub const CONVERSATION_STARTED: &str = "conversation.started";
 pub const CONVERSATION_CLOSED: &str = "conversation.closed";
@@ -11,12 +13,16 @@ pub const MESSAGE_SENT: &str = "message.sent";
 pub const TICKET_FAILED: &str = "ticket.failed";
 
 /// Why a ticket event failed; the `reason` field of `ticket.failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {
+    /// The message could not be read or lacks what its event needs.
     InvalidMessage,
+    /// Jelou answered with a 4xx that retrying cannot fix.
     Rejected,
+    /// A `ticket.resolved` or `ticket.reply` for a ticket the bridge knows no conversation of.
     UnknownTicket,
+    /// Jelou stayed unreachable or failing for the whole retry budget.
     RetriesExhausted,
     /// A `ticket.opened` (or a reply) for a ticket that was already resolved.
     AlreadyResolved,
@@ -59,14 +65,14 @@ impl Outcome {
         Self::new(
             CONVERSATION_STARTED,
             Some(ticket_id),
-            serde_json::json!({
-                "event": CONVERSATION_STARTED,
-                "ticketId": ticket_id,
-                "conversationId": conversation_id,
-                "botId": bot_id,
-                "userId": user_id,
-                "status": "active",
-                "occurredAt": now_rfc3339(),
+            to_body(contract::ConversationStarted {
+                event: CONVERSATION_STARTED,
+                ticket_id,
+                conversation_id,
+                bot_id,
+                user_id,
+                status: contract::ActiveStatus::Active,
+                occurred_at: now_rfc3339(),
             }),
         )
     }
@@ -79,13 +85,13 @@ impl Outcome {
         Self::new(
             CONVERSATION_CLOSED,
             Some(ticket_id),
-            serde_json::json!({
-                "event": CONVERSATION_CLOSED,
-                "ticketId": ticket_id,
-                "conversationId": conversation_id,
-                "status": "closed",
-                "endedReason": ended_reason,
-                "occurredAt": now_rfc3339(),
+            to_body(contract::ConversationClosed {
+                event: CONVERSATION_CLOSED,
+                ticket_id,
+                conversation_id,
+                status: contract::ClosedStatus::Closed,
+                ended_reason,
+                occurred_at: now_rfc3339(),
             }),
         )
     }
@@ -95,30 +101,28 @@ impl Outcome {
         Self::new(
             MESSAGE_SENT,
             Some(ticket_id),
-            serde_json::json!({
-                "event": MESSAGE_SENT,
-                "ticketId": ticket_id,
-                "conversationId": conversation_id,
-                "messageId": message_id,
-                "occurredAt": now_rfc3339(),
+            to_body(contract::MessageSent {
+                event: MESSAGE_SENT,
+                ticket_id,
+                conversation_id,
+                message_id,
+                occurred_at: now_rfc3339(),
             }),
         )
     }
 
     pub fn failed(failure: &Failure) -> Self {
-        let mut body = serde_json::json!({
-            "event": TICKET_FAILED,
-            "ticketId": failure.ticket_id,
-            "action": failure.action,
-            "reason": failure.reason,
-            "httpStatus": failure.http_status,
-            "error": failure.error,
-            "attempts": failure.attempts,
-            "occurredAt": now_rfc3339(),
+        let body = to_body(contract::TicketFailed {
+            event: TICKET_FAILED,
+            ticket_id: failure.ticket_id.as_deref(),
+            action: failure.action,
+            reason: failure.reason,
+            http_status: failure.http_status,
+            error: &failure.error,
+            response: failure.response.as_deref(),
+            attempts: failure.attempts,
+            occurred_at: now_rfc3339(),
         });
-        if let Some(resp) = &failure.response {
-            body["response"] = Value::String(resp.clone());
-        }
         Self::new(TICKET_FAILED, failure.ticket_id.as_deref(), body)
     }
 
@@ -130,16 +134,13 @@ impl Outcome {
         payload: Value,
     ) -> Self {
         let routing_key = format!("jelou.{event}");
-        Self::new(
-            &routing_key.clone(),
+        let body = to_body(contract::JelouEvent {
+            event: &routing_key,
             ticket_id,
-            serde_json::json!({
-                "event": routing_key,
-                "ticketId": ticket_id,
-                "conversationId": conversation_id,
-                "payload": payload,
-            }),
-        )
+            conversation_id,
+            payload,
+        });
+        Self::new(&routing_key, ticket_id, body)
     }
 
     fn new(routing_key: &str, ticket_id: Option<&str>, body: Value) -> Self {
@@ -162,6 +163,16 @@ pub struct Failure {
     /// Jelou's raw answer, when there was one.
     pub response: Option<String>,
     pub attempts: u32,
+}
+
+/// A contract body as JSON. The contract types are strings, numbers and JSON values only, so
+/// serializing them cannot fail; were that to change, the body would be null and the schema
+/// checks in the tests would say so.
+fn to_body(body: impl Serialize) -> Value {
+    serde_json::to_value(body).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "an outbound body could not be serialized");
+        Value::Null
+    })
 }
 
 /// Now, as RFC 3339 UTC with milliseconds.

@@ -8,6 +8,7 @@
 //!   Jelou call and published message.
 //! - [`ticket`]: the domain: inbound ticket events, checked, and the Jelou requests they become.
 //! - [`events`]: what the bridge publishes (`conversation.started`, `ticket.failed`, …).
+//! - [`contract`]: every bus message as a Rust type, and the JSON Schemas derived from them.
 //! - [`jelou`]: the API client, failure classification, retries with `backon`, a stand-in.
 //! - [`store`]: what was done per ticket (SQLite or PostgreSQL), for idempotency and order;
 //!   [`store::schema`]: its schema version against this binary's (upgrades).
@@ -33,6 +34,7 @@ pub mod app;
 pub mod bridge;
 pub mod cli;
 pub mod config;
+pub mod contract;
 pub mod events;
 pub mod http;
 pub mod jelou;

@@ -76,6 +76,12 @@ enum Command {
     },
     /// Run a local stand-in for Jelou's API (start, close, read, send-message).
     MockJelou(MockArgs),
+    /// Write the JSON Schemas of every bus message, `DIR/<message>.schema.json`.
+    Schemas {
+        /// Directory to write them into (created when missing).
+        #[arg(long, value_name = "DIR", default_value = "schemas")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,7 +138,7 @@ fn load(config: &Option<PathBuf>, sandbox: bool) -> Result<Settings, ExitCode> {
 
 async fn dispatch(cli: Cli) -> ExitCode {
     let settings = match &cli.command {
-        Command::MockJelou(_) => Settings::defaults(),
+        Command::MockJelou(_) | Command::Schemas { .. } => Settings::defaults(),
         Command::Run { sandbox } | Command::CheckConfig { sandbox, .. } => {
             match load(&cli.config, *sandbox) {
                 Ok(s) => s,
@@ -175,6 +181,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             reconcile(&settings, options).await
         }
         Command::MockJelou(args) => mock_jelou(&settings, args).await,
+        Command::Schemas { out } => schemas(&out),
     };
     // Flushing the last spans blocks (bounded): off the runtime's threads.
     let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
@@ -421,6 +428,13 @@ async fn check_config(settings: &Settings, probe: bool) -> anyhow::Result<ExitCo
     } else {
         ExitCode::from(1)
     })
+}
+
+fn schemas(out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    for path in crate::contract::write_all(out)? {
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn mock_jelou(settings: &Settings, args: MockArgs) -> anyhow::Result<ExitCode> {

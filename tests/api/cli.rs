@@ -224,3 +224,38 @@ fn nix_kill(pid: u32, signal: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn schemas_writes_every_bus_messages_schema_as_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("nested").join("schemas");
+    let out = bridge()
+        .args(["schemas", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    let mut names: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 10, "{names:?}");
+    for name in &names {
+        assert!(
+            std::fs::read(out_dir.join(name)).unwrap()
+                == std::fs::read(committed.join(name)).unwrap_or_default(),
+            "schemas/{name} differs from what `schemas` writes: run `cargo run -- schemas --out schemas`"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(name.as_str()),
+            "{name} not listed"
+        );
+    }
+    assert!(names.contains(&"ticket.reply.schema.json".to_string()));
+}

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -161,7 +162,24 @@ impl Bus {
             .unwrap();
     }
 
+    /// Publishes a well-formed ticket event: a body its schema in `schemas/` refuses fails
+    /// the test here, so the tests speak only the contract (bad input on purpose goes through
+    /// [`Bus::publish_json_unchecked`]).
     pub async fn publish_json(&self, routing_key: &str, body: &Value) {
+        let name = match body.get("event") {
+            Some(Value::String(event)) => event.as_str(),
+            _ => routing_key,
+        };
+        if INBOUND.contains(&name) {
+            if let Err(e) = check_contract(name, body) {
+                panic!("the test publishes a {name} off the contract: {e}\n{body:#}");
+            }
+        }
+        self.publish_json_unchecked(routing_key, body).await;
+    }
+
+    /// Publishes a JSON body as it is, for tests of what the bridge does with bad input.
+    pub async fn publish_json_unchecked(&self, routing_key: &str, body: &Value) {
         let id = uuid::Uuid::new_v4().to_string();
         self.publish(
             routing_key,
@@ -171,17 +189,25 @@ impl Bus {
         .await;
     }
 
-    /// The next message the bridge publishes, or None after `timeout`.
+    /// The next message the bridge publishes, or None after `timeout`. A body its routing
+    /// key's schema in `schemas/` refuses fails the test.
     pub async fn next(&mut self, timeout: Duration) -> Option<Seen> {
         let delivery = tokio::time::timeout(timeout, self.consumer.next())
             .await
             .ok()??
             .ok()?;
-        Some(Seen {
+        let seen = Seen {
             routing_key: delivery.routing_key.as_str().to_string(),
             body: serde_json::from_slice(&delivery.data).unwrap_or(Value::Null),
             properties: delivery.properties.clone(),
-        })
+        };
+        if let Err(e) = check_contract(&seen.routing_key, &seen.body) {
+            panic!(
+                "the bridge published a {} off the contract: {e}\n{:#}",
+                seen.routing_key, seen.body
+            );
+        }
+        Some(seen)
     }
 
     /// Waits for `n` messages, failing the test if they do not come in `timeout`.
@@ -252,6 +278,44 @@ impl Bus {
         ready_messages(&self.channel, queue)
             .await
             .unwrap_or_else(|e| panic!("queue {queue} exists: {e}"))
+    }
+}
+
+/// The messages the helpdesk publishes (the others are the bridge's).
+pub const INBOUND: &[&str] = &["ticket.opened", "ticket.resolved", "ticket.reply"];
+
+/// Checks `body` against the committed schema of `message` (`schemas/<message>.schema.json`);
+/// every violation, one per line. A message with no schema is itself a violation: the
+/// contract names every routing key.
+pub fn check_contract(message: &str, body: &Value) -> Result<(), String> {
+    static VALIDATORS: OnceLock<HashMap<String, jsonschema::Validator>> = OnceLock::new();
+    let validators = VALIDATORS.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|entry| {
+                let path = entry.unwrap().path();
+                let name = path.file_name()?.to_str()?.strip_suffix(".schema.json")?;
+                let schema: Value = serde_json::from_slice(&std::fs::read(&path).unwrap())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let validator = jsonschema::draft202012::options()
+                    .should_validate_formats(true)
+                    .build(&schema)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                Some((name.to_string(), validator))
+            })
+            .collect()
+    });
+    let Some(validator) = validators.get(message) else {
+        return Err(format!("no schema for {message:?} in schemas/"));
+    };
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{e} (at {:?})", e.instance_path().to_string()))
+        .collect();
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(errors.join("\n")),
     }
 }
 
