@@ -98,6 +98,7 @@ impl Application {
             link: self.link.clone(),
             store: self.store.clone(),
             metrics: telemetry::metrics_handle(),
+            jelou: bridge.jelou.gate(),
         });
         let webhook = Arc::new(WebhookState {
             secret: settings.webhook.signing_secret.clone(),

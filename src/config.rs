@@ -184,6 +184,19 @@ pub struct JelouSettings {
     /// webhook to name it before the start is sent again. Only with a webhook configured.
     #[serde(with = "humantime_serde")]
     pub reconcile_wait: Duration,
+    /// Calls to Jelou per second at most, all endpoints together (a token bucket); none: no
+    /// cap.
+    #[serde(default)]
+    pub max_rate: Option<u32>,
+    /// Calls to Jelou in flight at once at most; none: no cap (`amqp.prefetch` bounds them).
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Retryable failures in a row (network, timeouts, 5xx) that open the circuit breaker;
+    /// 0 turns it off.
+    pub breaker_failures: u32,
+    /// How long the open breaker lets no call through before one probe.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -458,6 +471,24 @@ impl Settings {
                     "holds characters an HTTP header cannot carry (a control character such as a trailing newline, or non-ASCII)",
                 ));
             }
+        }
+        if j.max_rate == Some(0) {
+            return Err(ConfigError::new(
+                "jelou.max_rate",
+                "must be at least 1 call per second (leave it out for no cap)",
+            ));
+        }
+        if j.max_concurrency == Some(0) {
+            return Err(ConfigError::new(
+                "jelou.max_concurrency",
+                "must be at least 1 (leave it out for no cap)",
+            ));
+        }
+        if j.breaker_failures > 0 && j.breaker_cooldown.is_zero() {
+            return Err(ConfigError::new(
+                "jelou.breaker_cooldown",
+                "must be greater than zero (set jelou.breaker_failures = 0 to turn the breaker off)",
+            ));
         }
         if j.timeout.is_zero() {
             return Err(ConfigError::new(

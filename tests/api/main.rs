@@ -10,6 +10,7 @@ mod failures;
 mod health;
 mod messages;
 mod ownership;
+mod pressure;
 mod sharding;
 mod store;
 mod tickets;
