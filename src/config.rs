@@ -44,6 +44,9 @@ pub struct Settings {
     pub close: CloseSettings,
     pub store: StoreSettings,
     pub http: HttpSettings,
+    /// Health, readiness and metrics on a port of their own.
+    #[serde(default)]
+    pub admin: AdminSettings,
     pub webhook: WebhookSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
@@ -266,6 +269,26 @@ pub struct StoreSettings {
 pub struct HttpSettings {
     pub listen: String,
     pub max_body_bytes: usize,
+    /// A connection must send a complete request head within this, also between requests
+    /// on a kept-alive connection (so it is the idle timeout too); else it is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request's body must arrive whole within this after its head; else 408.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Open connections per listener at most; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Requests being handled at once per listener at most; one more is answered 503.
+    pub max_requests: usize,
+}
+
+/// The admin port (`admin.listen`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct AdminSettings {
+    /// When set, `/healthz`, `/readyz` and `/metrics` are served here and `http.listen`
+    /// serves only the webhook (the one port to expose to the internet).
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -553,7 +576,50 @@ impl Settings {
             ));
         }
         self.http_listen()?;
+        self.admin_listen()?;
+        let h = &self.http;
+        for (key, value) in [
+            ("http.header_timeout", h.header_timeout),
+            ("http.body_timeout", h.body_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(key, "must be greater than zero"));
+            }
+        }
+        for (key, value) in [
+            ("http.max_connections", h.max_connections),
+            ("http.max_requests", h.max_requests),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
         Ok(())
+    }
+
+    /// `admin.listen` parsed, when set.
+    pub fn admin_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(listen) = self
+            .admin
+            .listen
+            .as_deref()
+            .filter(|l| !l.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        let addr: SocketAddr = listen.parse().map_err(|_| {
+            ConfigError::new(
+                "admin.listen",
+                format!("{listen:?} is not a host:port address"),
+            )
+        })?;
+        if self.http.listen.parse::<SocketAddr>().ok() == Some(addr) && addr.port() != 0 {
+            return Err(ConfigError::new(
+                "admin.listen",
+                "must differ from http.listen (the point is two ports)",
+            ));
+        }
+        Ok(Some(addr))
     }
 
     /// The sharded topology and the replicas sharing it.

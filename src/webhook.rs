@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hmac::{Hmac, Mac};
@@ -94,6 +94,8 @@ pub struct WebhookState {
     /// How long a claimed but unpublished delivery blocks repeats of it: past this, its
     /// process is taken to have died, and a repeat forwards the event.
     pub claim_stale_after: std::time::Duration,
+    /// `http.body_timeout`.
+    pub body_timeout: std::time::Duration,
 }
 
 /// The key that identifies one event across repeated deliveries: a message's `value.id`;
@@ -137,11 +139,29 @@ fn reply(status: StatusCode, verdict: &'static str, event: &str, detail: &str) -
 
 /// `POST /webhooks/jelou`. The body arrives already capped at `http.max_body_bytes` (the
 /// router's limit); a larger one is refused here with 413 before anything is read from it.
-pub async fn handle(
-    State(state): State<Arc<WebhookState>>,
-    headers_in: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+///
+/// The body must arrive whole within `http.body_timeout` of the head (else 408): a client
+/// that trickles it cannot hold the request open, and no work is done before it is in.
+pub async fn handle(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
+    let headers_in = request.headers().clone();
+    let body =
+        match tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &())).await {
+            Ok(body) => body,
+            Err(_) => {
+                crate::http::limit_hit("http", "body_timeout");
+                warn!(
+                    timeout_ms = state.body_timeout.as_millis() as u64,
+                    "webhook refused: the body did not arrive in time"
+                );
+                return reply(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "unknown",
+                    "the body did not arrive within http.body_timeout",
+                );
+            }
+        };
+    let body: Result<Bytes, BytesRejection> = body;
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {

@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod failures;
 mod health;
+mod limits;
 mod messages;
 mod ownership;
 mod pressure;

@@ -299,6 +299,8 @@ pub struct TestApp {
     pub mock: MockJelou,
     pub bus: Bus,
     pub http: String,
+    /// Where health, readiness and metrics answer: `admin.listen` when set, else `http`.
+    pub admin: String,
     pub dir: tempfile::TempDir,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -329,6 +331,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings, &mut MockOptio
         .await
         .expect("app builds");
     let http = format!("http://{}", app.http_addr());
+    let admin = format!("http://{}", app.admin_addr());
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let test_app = TestApp {
@@ -336,6 +339,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings, &mut MockOptio
         mock,
         bus,
         http,
+        admin,
         dir,
         shutdown,
         handle: Some(handle),
@@ -350,7 +354,7 @@ impl TestApp {
         let deadline = Instant::now() + timeout;
         let client = reqwest::Client::new();
         loop {
-            if let Ok(r) = client.get(format!("{}/readyz", self.http)).send().await {
+            if let Ok(r) = client.get(format!("{}/readyz", self.admin)).send().await {
                 if r.status() == 200 {
                     return;
                 }
