@@ -128,6 +128,7 @@ impl Application {
             // A forward takes at most one publish confirm.
             claim_stale_after: settings.amqp.confirm_timeout * 2,
             body_timeout: settings.http.body_timeout,
+            max_age: settings.webhook.max_age,
         });
         // The HTTP servers outlive the consumer's drain so probes answer during shutdown.
         let http_stop = CancellationToken::new();
@@ -171,7 +172,13 @@ impl Application {
             settings.store.lease,
             leases_stop.clone(),
         ));
+        let pruner = tokio::spawn(prune_webhooks(
+            self.store.clone(),
+            settings.webhook.max_age,
+            shutdown.clone(),
+        ));
         consumer::run(bridge, self.link.clone(), shutdown).await;
+        let _ = pruner.await;
         leases_stop.cancel();
         let _ = leases.await;
         http_stop.cancel();
@@ -201,6 +208,44 @@ async fn keep_leases(store: Store, lease: std::time::Duration, shutdown: Cancell
                 }
             }
             _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Most webhook deliveries one prune deletes: it never holds the table for long, and a
+/// backlog goes in a few ticks.
+const PRUNE_BATCH: u32 = 5_000;
+
+/// Keeps the webhooks' dedupe table to the replay window: a delivery is kept for twice
+/// `webhook.max_age` (an event may be stamped up to `max_age` in the future, and is accepted
+/// until `max_age` after its stamp), then deleted, a bounded batch per tick.
+async fn prune_webhooks(store: Store, max_age: std::time::Duration, shutdown: CancellationToken) {
+    let every = (max_age / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(600),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let pruned = tokio::select! {
+            pruned = tokio::time::timeout(every.max(std::time::Duration::from_secs(30)), store.prune_webhooks(max_age * 2, PRUNE_BATCH)) => pruned,
+            _ = shutdown.cancelled() => return,
+        };
+        match pruned {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                metrics::counter!("jelou_bridge_webhook_events_pruned_total").increment(n);
+                tracing::debug!(
+                    pruned = n,
+                    "webhook dedupe entries past the replay window deleted"
+                );
+            }
+            Ok(Err(e)) => warn!(error = %e, "could not prune the webhook dedupe table"),
+            Err(_) => warn!("pruning the webhook dedupe table took too long; trying again later"),
         }
     }
 }

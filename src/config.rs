@@ -295,6 +295,10 @@ pub struct AdminSettings {
 pub struct WebhookSettings {
     #[serde(default, serialize_with = "redact_opt")]
     pub signing_secret: Option<SecretString>,
+    /// Signed events whose `timestamp` is older than this, or as far in the future, are
+    /// refused; the dedupe table keeps deliveries for twice this long, then prunes them.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -377,7 +381,13 @@ impl Settings {
             .source(Some(sources.vars.iter().cloned().collect()));
         builder = builder.add_source(env);
         let raw = builder.build().map_err(from_config_error)?;
-        let settings: Settings = raw.try_deserialize().map_err(from_config_error)?;
+        let mut settings: Settings = raw.try_deserialize().map_err(from_config_error)?;
+        // A secret read from a file often ends in a newline, which Jelou's key does not have.
+        if let Some(secret) = &settings.webhook.signing_secret {
+            let trimmed = secret.expose_secret().trim();
+            settings.webhook.signing_secret =
+                (!trimmed.is_empty()).then(|| SecretString::from(trimmed.to_string()));
+        }
         settings.validate(sandbox)?;
         Ok(settings)
     }
@@ -511,6 +521,20 @@ impl Settings {
             return Err(ConfigError::new(
                 "jelou.breaker_cooldown",
                 "must be greater than zero (set jelou.breaker_failures = 0 to turn the breaker off)",
+            ));
+        }
+        if let Some(secret) = &self.webhook.signing_secret {
+            if secret.expose_secret().chars().any(char::is_control) {
+                return Err(ConfigError::new(
+                    "webhook.signing_secret",
+                    "holds a control character (the value is not shown)",
+                ));
+            }
+        }
+        if self.webhook.max_age < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "webhook.max_age",
+                "must be at least 1s (24h by default)",
             ));
         }
         if j.timeout.is_zero() {
@@ -1039,6 +1063,31 @@ mod tests {
         assert_eq!(err.key, "amqp.failover_urls", "{err}");
         assert!(err.to_string().contains("entry 2"), "{err}");
         assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn the_signing_secret_is_trimmed_and_never_shown_in_an_error() {
+        let load = |secret: &str| {
+            Settings::load(
+                &vars(&[("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", secret)]),
+                true,
+            )
+        };
+        let s = load("  whsec-abc123\n").unwrap();
+        assert_eq!(
+            s.webhook.signing_secret.unwrap().expose_secret(),
+            "whsec-abc123"
+        );
+        assert!(load(" \n").unwrap().webhook.signing_secret.is_none());
+        let err = load("whsec-ab\x07cd").unwrap_err();
+        assert_eq!(err.key, "webhook.signing_secret");
+        assert!(!err.to_string().contains("whsec-ab"), "{err}");
+        let err = Settings::load(
+            &vars(&[("JELOU_BRIDGE__WEBHOOK__MAX_AGE", "12 parsecs")]),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "webhook.max_age", "{err}");
     }
 
     #[test]

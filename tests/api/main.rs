@@ -12,6 +12,7 @@ mod limits;
 mod messages;
 mod ownership;
 mod pressure;
+mod replay;
 mod sharding;
 mod store;
 mod tickets;
