@@ -2,6 +2,7 @@
 //! there too, or on `admin.listen` when it is set. Every listener is served with limits
 //! ([`serve`]): the webhook port faces the internet.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +11,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::json;
-
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,24 +34,21 @@ pub struct HealthState {
     pub jelou: Arc<JelouGate>,
 }
 
-/// The limits every listener applies, before any handler runs.
+/// The limits every listener applies, before any handler runs. (The webhook's body limits,
+/// `http.max_body_bytes` and `http.body_timeout`, are its own: [`webhook::handle`].)
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub header_timeout: Duration,
-    pub body_timeout: Duration,
     pub max_connections: usize,
     pub max_requests: usize,
-    pub max_body_bytes: usize,
 }
 
 impl From<&HttpSettings> for Limits {
     fn from(h: &HttpSettings) -> Self {
         Limits {
             header_timeout: h.header_timeout,
-            body_timeout: h.body_timeout,
             max_connections: h.max_connections,
             max_requests: h.max_requests,
-            max_body_bytes: h.max_body_bytes,
         }
     }
 }
@@ -195,13 +192,37 @@ async fn shed_load(
     next.run(req).await
 }
 
-/// A limit refused a connection or a request: counted, and logged (at debug: a flood must
-/// not flood the log too; the counter is what to alert on).
+/// A limit refused a connection or a request: counted each time, and logged at warn at most
+/// once per [`LIMIT_LOG_EVERY`] (with how many were refused meanwhile): a flood of slow
+/// clients must not flood the log too.
 pub fn limit_hit(listener: &'static str, limit: &'static str) {
     metrics::counter!("jelou_bridge_http_limited_total", "listener" => listener, "limit" => limit)
         .increment(1);
-    debug!(listener, limit, "HTTP limit reached");
+    static SINCE_LOGGED: AtomicU64 = AtomicU64::new(0);
+    static LAST_LOGGED_MS: AtomicU64 = AtomicU64::new(0);
+    let refused = SINCE_LOGGED.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let last = LAST_LOGGED_MS.load(Ordering::Relaxed);
+    let due = now.saturating_sub(last) >= LIMIT_LOG_EVERY.as_millis() as u64;
+    if due
+        && LAST_LOGGED_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        SINCE_LOGGED.store(0, Ordering::Relaxed);
+        warn!(
+            listener,
+            limit, refused, "HTTP limit reached: connections closed or requests refused"
+        );
+    } else {
+        debug!(listener, limit, "HTTP limit reached");
+    }
 }
+
+/// How often a run of refused connections or requests is logged at warn.
+pub const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// 200 only while the broker connection and the store both work. Jelou's gate and breaker
 /// are shown but never make it 503: with Jelou held back or down the bridge still does
