@@ -211,3 +211,25 @@ async fn with_admin_listen_the_public_port_serves_only_the_webhook() {
     assert_eq!(seen[0].routing_key, "jelou.conversation.close");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
+    let app = spawn_app_with(|s, _| s.http.header_timeout = Duration::from_secs(1)).await;
+    let addr = app.http.trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Kept alive, then silent: closed within the timeout (with room for a busy machine).
+    let idle = Instant::now();
+    assert!(
+        until_closed(&mut s, Duration::from_secs(4)).await.is_some(),
+        "an idle connection still open after {:?}",
+        idle.elapsed()
+    );
+    assert!(idle.elapsed() >= Duration::from_millis(900));
+    app.stop().await;
+}

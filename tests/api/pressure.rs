@@ -171,3 +171,40 @@ async fn max_rate_paces_the_calls() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_concurrency_caps_the_calls_in_flight() {
+    const TICKETS: usize = 12;
+    const LATENCY: Duration = Duration::from_millis(200);
+    let mut app = spawn_app_with(|s, m| {
+        s.jelou.max_concurrency = Some(2);
+        m.latency = LATENCY;
+    })
+    .await;
+    open_tickets(&app, "T-CONC", TICKETS).await;
+    expect_started(&mut app, TICKETS, Duration::from_secs(30)).await;
+    // A call is in flight at the stand-in from its arrival (`at` is LATENCY later) until
+    // it is answered.
+    let spans: Vec<(Instant, Instant)> = app
+        .mock
+        .calls()
+        .iter()
+        .map(|c| (c.at - LATENCY, c.answered.expect("answered")))
+        .collect();
+    assert_eq!(spans.len(), TICKETS);
+    let busiest = spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        busiest <= 2,
+        "{busiest} calls in flight at once with max_concurrency 2"
+    );
+    app.stop().await;
+}
