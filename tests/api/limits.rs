@@ -68,7 +68,7 @@ async fn stalled_heads_and_bodies_are_cut_within_the_timeout_while_healthz_answe
     let t0 = Instant::now();
     assert_eq!(get_status(&format!("{}/healthz", app.http)).await, 200);
     assert!(
-        t0.elapsed() < Duration::from_millis(500),
+        t0.elapsed() < Duration::from_secs(1),
         "/healthz took {:?} beside {} stalled connections",
         t0.elapsed(),
         2 * STALLED

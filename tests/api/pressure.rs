@@ -84,8 +84,9 @@ async fn a_retry_after_holds_every_call_not_only_the_one_that_got_it() {
         .expect("the scripted 429 was answered");
     let answered = limited.answered.expect("the 429 reached the bridge");
     // `at` is when a call took effect at the stand-in, LATENCY after it arrived. Calls sent
-    // before the bridge read the 429 were in flight; none may arrive after it, until 3 s.
-    let window_start = answered + LATENCY + Duration::from_millis(50);
+    // before the bridge read the 429 were in flight; none may arrive after it, until 3 s
+    // (allowing the answer 300 ms to reach the bridge on a busy machine).
+    let window_start = answered + LATENCY + Duration::from_millis(300);
     let window_end = answered + Duration::from_secs(3);
     let inside: Vec<_> = calls
         .iter()
