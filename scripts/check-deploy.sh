@@ -74,7 +74,7 @@ else
 fi
 for key in User=jelou-bridge ProtectSystem=strict StateDirectory=jelou-bridge Restart=on-failure \
            EnvironmentFile=-/etc/jelou-bridge/env NoNewPrivileges=yes PrivateTmp=yes ProtectHome=yes \
-           KillSignal=SIGTERM \
+           KillSignal=SIGTERM Environment=JELOU_BRIDGE__ADMIN__LISTEN=127.0.0.1:9090 \
            Environment=JELOU_BRIDGE__STORE__URL=sqlite:///var/lib/jelou-bridge/jelou-bridge.db; do
   grep -qx "$key" "$unit" || fail "$unit lacks $key"
 done
@@ -110,6 +110,9 @@ def seconds(text):
 
 production = tomllib.load(open("config/production.toml", "rb"))
 grace = seconds(production["shutdown"]["grace"])
+# The split: the webhook on http.listen (8080), health/readiness/metrics on admin.listen (9090).
+check(production["http"]["listen"].endswith(":8080"), "production.toml: http.listen on 8080")
+check(production.get("admin", {}).get("listen", "").endswith(":9090"), "production.toml: admin.listen on 9090 (health and metrics apart from the webhook)")
 
 # systemd: the stop timeout outlasts the shutdown grace.
 unit = open("deploy/systemd/jelou-bridge.service").read()
@@ -128,6 +131,9 @@ health = [l for l in lines if l.startswith("HEALTHCHECK ")]
 check(len(health) == 1, "Dockerfile: one HEALTHCHECK")
 cmd = json.loads(health[0].split(" CMD ", 1)[1])
 check(cmd[0] == "bash" and "/healthz" in cmd[-1], "HEALTHCHECK: bash probing /healthz")
+check("/dev/tcp/127.0.0.1/9090" in cmd[-1], "HEALTHCHECK: on the admin port (9090)")
+exposed = [p for l in lines if l.startswith("EXPOSE ") for p in l.split()[1:]]
+check(exposed == ["8080"], f"Dockerfile: EXPOSE only the webhook port 8080, not {exposed}")
 with open(os.path.join(os.environ["SCRATCH"], "healthcheck.sh"), "w") as f:
     f.write(cmd[-1])
 check(any(l.startswith('ENTRYPOINT ["/usr/local/bin/jelou-bridge"]') for l in lines), "Dockerfile: ENTRYPOINT")
@@ -156,6 +162,7 @@ check(mock["network_mode"] == "service:bridge", "compose: stand-in shares the br
 for name in ("rabbitmq", "postgres"):
     check("condition" in str(bridge["depends_on"][name]), f"compose: bridge waits for {name}")
 check(int(bridge["stop_grace_period"].rstrip("s")) > grace, "compose: stop_grace_period > shutdown.grace")
+check([str(p).rsplit(":", 1)[-1] for p in bridge["ports"]] == ["8080"], f"compose: only the webhook port is published, not {bridge['ports']}")
 check("rabbitmq_consistent_hash_exchange" in open("deploy/rabbitmq/enabled_plugins").read(), "enabled_plugins")
 
 # Kubernetes: the secret template, and what kustomize renders.
@@ -183,6 +190,20 @@ spec = sts["spec"]["template"]["spec"]
 c = spec["containers"][0]
 check(c["livenessProbe"]["httpGet"]["path"] == "/healthz", "kubernetes: liveness on /healthz")
 check(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "kubernetes: readiness on /readyz")
+
+def split_ports(what, pod, container):
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    check(ports == {"http": 8080, "admin": 9090}, f"{what}: container ports http 8080 and admin 9090, not {ports}")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        check(container[probe]["httpGet"]["port"] == "admin", f"{what}: {probe} on the admin port")
+    check(pod["metadata"]["annotations"]["prometheus.io/port"] == "9090", f"{what}: metrics scraped on the admin port")
+
+def only_webhook(what, services):
+    for svc in services:
+        targets = [p.get("targetPort") for p in svc["spec"]["ports"]]
+        check(targets == ["http"], f"{what}: Service {svc['metadata']['name']} exposes only the webhook port, not {targets}")
+split_ports("kubernetes", sts["spec"]["template"], c)
+only_webhook("kubernetes", [d for d in docs if d["kind"] == "Service"])
 check(c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], "kubernetes: resource requests")
 check(spec["securityContext"]["runAsNonRoot"] is True, "kubernetes: non-root")
 check(spec["terminationGracePeriodSeconds"] > grace, "kubernetes: terminationGracePeriodSeconds > shutdown.grace")
@@ -200,6 +221,8 @@ dep = kinds["Deployment"]
 c = dep["spec"]["template"]["spec"]["containers"][0]
 check(c["livenessProbe"]["httpGet"]["path"] == "/healthz", "single-queue: liveness on /healthz")
 check(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "single-queue: readiness on /readyz")
+split_ports("single-queue", dep["spec"]["template"], c)
+only_webhook("single-queue", [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Service"])
 check(dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace, "single-queue: grace")
 check(kinds["ConfigMap"]["data"]["default.toml"] == open("config/default.toml").read(), "single-queue: ConfigMap carries config/default.toml")
 check(kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"], "single-queue: PDB selects the pods")
@@ -288,7 +311,7 @@ PY
     wait_ready "$listen" "$pid" "$log" "$defs (declare_topology=$declare)"
     if [ "$defs" = definitions-sharded.json ] && [ "$declare" = true ]; then
       # The image's health check, as Docker would run it, on this bridge's port.
-      sed -i "s#/dev/tcp/127.0.0.1/8080#/dev/tcp/${listen%:*}/${listen##*:}#" "$scratch/healthcheck.sh"
+      sed -i "s#/dev/tcp/127.0.0.1/9090#/dev/tcp/${listen%:*}/${listen##*:}#" "$scratch/healthcheck.sh"
       bash "$scratch/healthcheck.sh" || fail "the Dockerfile's HEALTHCHECK command fails on a healthy bridge"
       JELOU_BRIDGE__AMQP__URL="amqp://guest:guest@127.0.0.1:5672/$vhost" \
         "$bin" publish opened --ticket "DEPLOY-CHECK-1" --user U-1 --config "$config" --timeout 30s \

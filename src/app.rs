@@ -22,6 +22,8 @@ use crate::webhook::WebhookState;
 pub struct Application {
     settings: Arc<Settings>,
     listener: tokio::net::TcpListener,
+    /// `admin.listen`, when set: health, readiness and metrics apart from the webhook.
+    admin: Option<tokio::net::TcpListener>,
     store: Store,
     link: Arc<BrokerLink>,
     /// The in-process stand-in for Jelou in sandbox mode; kept alive as long as the app.
@@ -37,6 +39,14 @@ impl Application {
             .map_err(|e| {
                 anyhow::anyhow!("http.listen: cannot bind {}: {e}", settings.http.listen)
             })?;
+        let admin = match settings.admin_listen()? {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("admin.listen: cannot bind {addr}: {e}"))?,
+            ),
+            None => None,
+        };
         let http_addr = listener.local_addr()?;
         let sandbox = if sandbox {
             Some(start_sandbox(&mut settings, http_addr).await?)
@@ -52,6 +62,7 @@ impl Application {
         Ok(Application {
             settings: Arc::new(settings),
             listener,
+            admin,
             store,
             link: Arc::new(BrokerLink::default()),
             sandbox,
@@ -62,6 +73,15 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where health, readiness and metrics are served: `admin.listen` when set, else the
+    /// webhook's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or_else(|| self.http_addr())
     }
 
     pub fn settings(&self) -> &Settings {
@@ -98,6 +118,7 @@ impl Application {
             link: self.link.clone(),
             store: self.store.clone(),
             metrics: telemetry::metrics_handle(),
+            jelou: bridge.jelou.gate(),
         });
         let webhook = Arc::new(WebhookState {
             secret: settings.webhook.signing_secret.clone(),
@@ -106,15 +127,42 @@ impl Application {
             events_exchange: settings.amqp.events_exchange.clone(),
             // A forward takes at most one publish confirm.
             claim_stale_after: settings.amqp.confirm_timeout * 2,
+            body_timeout: settings.http.body_timeout,
+            max_age: settings.webhook.max_age,
         });
-        // The HTTP server outlives the consumer's drain so probes answer during shutdown.
+        // The HTTP servers outlive the consumer's drain so probes answer during shutdown.
         let http_stop = CancellationToken::new();
-        let server = axum::serve(
-            self.listener,
-            http::router(health, webhook, settings.http.max_body_bytes),
-        )
-        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
-        let server = tokio::spawn(async move { server.await });
+        let limits = http::Limits::from(&settings.http);
+        let admin_addr = self.admin_addr();
+        let mut servers = tokio::task::JoinSet::new();
+        match self.admin {
+            Some(admin) => {
+                info!(admin = %admin_addr, "health, readiness and metrics on admin.listen; http.listen serves only the webhook");
+                servers.spawn(http::serve(
+                    admin,
+                    http::probes(health),
+                    limits.clone(),
+                    "admin",
+                    http_stop.clone(),
+                ));
+                servers.spawn(http::serve(
+                    self.listener,
+                    http::webhook(webhook, settings.http.max_body_bytes),
+                    limits,
+                    "http",
+                    http_stop.clone(),
+                ));
+            }
+            None => {
+                servers.spawn(http::serve(
+                    self.listener,
+                    http::router(health, webhook, settings.http.max_body_bytes),
+                    limits,
+                    "http",
+                    http_stop.clone(),
+                ));
+            }
+        }
 
         // Leases are renewed until the drain is over, not only until the first signal: work
         // still finishing after it must keep its tickets.
@@ -124,14 +172,20 @@ impl Application {
             settings.store.lease,
             leases_stop.clone(),
         ));
+        let pruner = tokio::spawn(prune_webhooks(
+            self.store.clone(),
+            settings.webhook.max_age,
+            shutdown.clone(),
+        ));
         consumer::run(bridge, self.link.clone(), shutdown).await;
+        let _ = pruner.await;
         leases_stop.cancel();
         let _ = leases.await;
         http_stop.cancel();
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "HTTP server ended with an error"),
-            Err(e) => warn!(error = %e, "HTTP server task failed"),
+        while let Some(ended) = servers.join_next().await {
+            if let Err(e) = ended {
+                warn!(error = %e, "HTTP server task failed");
+            }
         }
         self.store.close().await;
         info!("jelou-bridge stopped");
@@ -154,6 +208,44 @@ async fn keep_leases(store: Store, lease: std::time::Duration, shutdown: Cancell
                 }
             }
             _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Most webhook deliveries one prune deletes: it never holds the table for long, and a
+/// backlog goes in a few ticks.
+const PRUNE_BATCH: u32 = 5_000;
+
+/// Keeps the webhooks' dedupe table to the replay window: a delivery is kept for twice
+/// `webhook.max_age` (an event may be stamped up to `max_age` in the future, and is accepted
+/// until `max_age` after its stamp), then deleted, a bounded batch per tick.
+async fn prune_webhooks(store: Store, max_age: std::time::Duration, shutdown: CancellationToken) {
+    let every = (max_age / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(600),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let pruned = tokio::select! {
+            pruned = tokio::time::timeout(every.max(std::time::Duration::from_secs(30)), store.prune_webhooks(max_age * 2, PRUNE_BATCH)) => pruned,
+            _ = shutdown.cancelled() => return,
+        };
+        match pruned {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                metrics::counter!("jelou_bridge_webhook_events_pruned_total").increment(n);
+                tracing::debug!(
+                    pruned = n,
+                    "webhook dedupe entries past the replay window deleted"
+                );
+            }
+            Ok(Err(e)) => warn!(error = %e, "could not prune the webhook dedupe table"),
+            Err(_) => warn!("pruning the webhook dedupe table took too long; trying again later"),
         }
     }
 }

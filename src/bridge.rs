@@ -193,8 +193,12 @@ impl Bridge {
         store: Store,
         shutdown: CancellationToken,
     ) -> Bridge {
+        let jelou = jelou.stopping_on(shutdown.clone());
         Bridge {
-            policy: RetryPolicy::from(&settings.retry),
+            policy: RetryPolicy {
+                gate: Some(jelou.gate()),
+                ..RetryPolicy::from(&settings.retry)
+            },
             settings,
             jelou,
             store,

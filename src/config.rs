@@ -44,6 +44,9 @@ pub struct Settings {
     pub close: CloseSettings,
     pub store: StoreSettings,
     pub http: HttpSettings,
+    /// Health, readiness and metrics on a port of their own.
+    #[serde(default)]
+    pub admin: AdminSettings,
     pub webhook: WebhookSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
@@ -185,6 +188,19 @@ pub struct JelouSettings {
     /// webhook to name it before the start is sent again. Only with a webhook configured.
     #[serde(with = "humantime_serde")]
     pub reconcile_wait: Duration,
+    /// Calls to Jelou per second at most, all endpoints together (a token bucket); none: no
+    /// cap.
+    #[serde(default)]
+    pub max_rate: Option<u32>,
+    /// Calls to Jelou in flight at once at most; none: no cap (`amqp.prefetch` bounds them).
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Retryable failures in a row (network, timeouts, 5xx) that open the circuit breaker;
+    /// 0 turns it off.
+    pub breaker_failures: u32,
+    /// How long the open breaker lets no call through before one probe.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -254,12 +270,36 @@ pub struct StoreSettings {
 pub struct HttpSettings {
     pub listen: String,
     pub max_body_bytes: usize,
+    /// A connection must send a complete request head within this, also between requests
+    /// on a kept-alive connection (so it is the idle timeout too); else it is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request's body must arrive whole within this after its head; else 408.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Open connections per listener at most; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Requests being handled at once per listener at most; one more is answered 503.
+    pub max_requests: usize,
+}
+
+/// The admin port (`admin.listen`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct AdminSettings {
+    /// When set, `/healthz`, `/readyz` and `/metrics` are served here and `http.listen`
+    /// serves only the webhook (the one port to expose to the internet).
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct WebhookSettings {
     #[serde(default, serialize_with = "redact_opt")]
     pub signing_secret: Option<SecretString>,
+    /// Signed events whose `timestamp` is older than this, or as far in the future, are
+    /// refused; the dedupe table keeps deliveries for twice this long, then prunes them.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -368,7 +408,13 @@ impl Settings {
             .source(Some(sources.vars.iter().cloned().collect()));
         builder = builder.add_source(env);
         let raw = builder.build().map_err(from_config_error)?;
-        let settings: Settings = raw.try_deserialize().map_err(from_config_error)?;
+        let mut settings: Settings = raw.try_deserialize().map_err(from_config_error)?;
+        // A secret read from a file often ends in a newline, which Jelou's key does not have.
+        if let Some(secret) = &settings.webhook.signing_secret {
+            let trimmed = secret.expose_secret().trim();
+            settings.webhook.signing_secret =
+                (!trimmed.is_empty()).then(|| SecretString::from(trimmed.to_string()));
+        }
         settings.validate(sandbox)?;
         Ok(settings)
     }
@@ -486,6 +532,38 @@ impl Settings {
                 ));
             }
         }
+        if j.max_rate == Some(0) {
+            return Err(ConfigError::new(
+                "jelou.max_rate",
+                "must be at least 1 call per second (leave it out for no cap)",
+            ));
+        }
+        if j.max_concurrency == Some(0) {
+            return Err(ConfigError::new(
+                "jelou.max_concurrency",
+                "must be at least 1 (leave it out for no cap)",
+            ));
+        }
+        if j.breaker_failures > 0 && j.breaker_cooldown.is_zero() {
+            return Err(ConfigError::new(
+                "jelou.breaker_cooldown",
+                "must be greater than zero (set jelou.breaker_failures = 0 to turn the breaker off)",
+            ));
+        }
+        if let Some(secret) = &self.webhook.signing_secret {
+            if secret.expose_secret().chars().any(char::is_control) {
+                return Err(ConfigError::new(
+                    "webhook.signing_secret",
+                    "holds a control character (the value is not shown)",
+                ));
+            }
+        }
+        if self.webhook.max_age < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "webhook.max_age",
+                "must be at least 1s (24h by default)",
+            ));
+        }
         if j.timeout.is_zero() {
             return Err(ConfigError::new(
                 "jelou.timeout",
@@ -573,7 +651,50 @@ impl Settings {
                 "must not be empty",
             ));
         }
+        self.admin_listen()?;
+        let h = &self.http;
+        for (key, value) in [
+            ("http.header_timeout", h.header_timeout),
+            ("http.body_timeout", h.body_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(key, "must be greater than zero"));
+            }
+        }
+        for (key, value) in [
+            ("http.max_connections", h.max_connections),
+            ("http.max_requests", h.max_requests),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
         Ok(())
+    }
+
+    /// `admin.listen` parsed, when set.
+    pub fn admin_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(listen) = self
+            .admin
+            .listen
+            .as_deref()
+            .filter(|l| !l.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        let addr: SocketAddr = listen.parse().map_err(|_| {
+            ConfigError::new(
+                "admin.listen",
+                format!("{listen:?} is not a host:port address"),
+            )
+        })?;
+        if self.http.listen.parse::<SocketAddr>().ok() == Some(addr) && addr.port() != 0 {
+            return Err(ConfigError::new(
+                "admin.listen",
+                "must differ from http.listen (the point is two ports)",
+            ));
+        }
+        Ok(Some(addr))
     }
 
     /// The sharded topology and the replicas sharing it.
@@ -1049,6 +1170,31 @@ mod tests {
         assert_eq!(err.key, "amqp.failover_urls", "{err}");
         assert!(err.to_string().contains("entry 2"), "{err}");
         assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn the_signing_secret_is_trimmed_and_never_shown_in_an_error() {
+        let load = |secret: &str| {
+            Settings::load(
+                &vars(&[("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", secret)]),
+                true,
+            )
+        };
+        let s = load("  whsec-abc123\n").unwrap();
+        assert_eq!(
+            s.webhook.signing_secret.unwrap().expose_secret(),
+            "whsec-abc123"
+        );
+        assert!(load(" \n").unwrap().webhook.signing_secret.is_none());
+        let err = load("whsec-ab\x07cd").unwrap_err();
+        assert_eq!(err.key, "webhook.signing_secret");
+        assert!(!err.to_string().contains("whsec-ab"), "{err}");
+        let err = Settings::load(
+            &vars(&[("JELOU_BRIDGE__WEBHOOK__MAX_AGE", "12 parsecs")]),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "webhook.max_age", "{err}");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - [`ticket`]: the domain: inbound ticket events, checked, and the Jelou requests they become.
 //! - [`events`]: what the bridge publishes (`conversation.started`, `ticket.failed`, …).
 //! - [`contract`]: every bus message as a Rust type, and the JSON Schemas derived from them.
-//! - [`jelou`]: the API client, failure classification, retries with `backon`, a stand-in.
+//! - [`jelou`]: the API client, failure classification, retries with `backon`, the gate
+//!   every call passes (`Retry-After`, circuit breaker, caps), a stand-in.
 //! - [`store`]: what was done per ticket (SQLite or PostgreSQL), for idempotency and order;
 //!   [`store::schema`]: its schema version against this binary's (upgrades).
 //! - [`amqp`]: connection, topology, confirmed publisher, supervised consumer.
@@ -18,7 +19,8 @@
 //! - [`ownership`]: Jelou's one-conversation-per-user model as decisions: which ticket owns
 //!   a user's conversation, what a close may do.
 //! - [`bridge`]: what happens to one ticket event.
-//! - [`webhook`], [`http`]: Jelou's signed webhooks, health, readiness and metrics.
+//! - [`webhook`], [`http`]: Jelou's signed webhooks (replay window, dedupe), health,
+//!   readiness and metrics, served with limits against slow clients.
 //! - [`reconcile`]: the store brought in line with Jelou's view of each conversation.
 //! - [`app`]: the daemon assembled; [`cli`]: the commands.
 //!

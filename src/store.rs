@@ -882,6 +882,32 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes at most `limit` webhook deliveries received more than `older_than` ago (on
+    /// the store's clock); how many went. Bounded, so one prune never holds the table long.
+    pub async fn prune_webhooks(
+        &self,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let cutoff = self.clock.now() - older_than.as_millis().min(i64::MAX as u128) as i64;
+        let done = sqlx::query(
+            "DELETE FROM webhook_events WHERE event_key IN \
+             (SELECT event_key FROM webhook_events WHERE received_at < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Webhook deliveries the dedupe table holds now.
+    pub async fn webhook_events(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     pub async fn close(&self) {
         self.writes.close().await;
         self.pool.close().await;

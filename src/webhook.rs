@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::amqp::{headers, set_str, BrokerLink};
@@ -95,27 +95,46 @@ pub struct WebhookState {
     /// How long a claimed but unpublished delivery blocks repeats of it: past this, its
     /// process is taken to have died, and a repeat forwards the event.
     pub claim_stale_after: std::time::Duration,
+    /// `http.body_timeout`.
+    pub body_timeout: std::time::Duration,
+    /// `webhook.max_age`: the replay window.
+    pub max_age: std::time::Duration,
 }
 
-/// The key that identifies one event across repeated deliveries: a message's `value.id`;
-/// for lifecycle events the event, conversation and timestamp.
-pub fn dedup_key(event: &str, payload: &Value) -> String {
-    if event == "message" {
-        if let Some(id) = payload.pointer("/value/id").and_then(value_text) {
-            return format!("message:{id}");
-        }
+/// The key that identifies one event across repeated deliveries, as Jelou's reference
+/// says: a message's `value.id`; a lifecycle event's `event` + `conversation.id` (a
+/// conversation starts once and closes once). An event lacking them: a hash of its body.
+pub fn dedup_key(event: &str, payload: &Value, raw: &[u8]) -> String {
+    let id = if event == "message" {
+        payload.pointer("/value/id")
+    } else {
+        payload.pointer("/conversation/id")
+    };
+    match id.and_then(value_text).filter(|id| !id.is_empty()) {
+        Some(id) if event == "message" => format!("message:{id}"),
+        Some(id) => format!("{event}:{id}"),
+        None => format!("{event}:sha256:{}", hex::encode(Sha256::digest(raw))),
     }
-    format!(
-        "{event}:{}:{}",
-        payload
-            .pointer("/conversation/id")
-            .and_then(value_text)
-            .unwrap_or_default(),
-        payload
-            .get("timestamp")
-            .and_then(value_text)
-            .unwrap_or_default()
-    )
+}
+
+/// An event's `timestamp` in ms since the epoch (Jelou sends ms; seconds are taken too).
+fn event_time_ms(payload: &Value) -> Option<i64> {
+    let ts = match payload.get("timestamp")? {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    // Before 1973 in ms is after 5000 AD in seconds: a value this small is seconds.
+    Some(if ts.abs() < 1e11 { ts * 1000.0 } else { ts } as i64)
+}
+
+/// How far outside the replay window an event's timestamp is; None when it is inside (or
+/// the event carries none: Jelou's always do, and its signature still had to match).
+pub fn outside_window(payload: &Value, max_age: std::time::Duration, now_ms: i64) -> Option<i64> {
+    let at = event_time_ms(payload)?;
+    let max = max_age.as_millis().min(i64::MAX as u128) as i64;
+    let off = now_ms.saturating_sub(at);
+    (off.saturating_abs() > max).then_some(off)
 }
 
 fn value_text(v: &Value) -> Option<String> {
@@ -138,11 +157,29 @@ fn reply(status: StatusCode, verdict: &'static str, event: &str, detail: &str) -
 
 /// `POST /webhooks/jelou`. The body arrives already capped at `http.max_body_bytes` (the
 /// router's limit); a larger one is refused here with 413 before anything is read from it.
-pub async fn handle(
-    State(state): State<Arc<WebhookState>>,
-    headers_in: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+///
+/// The body must arrive whole within `http.body_timeout` of the head (else 408): a client
+/// that trickles it cannot hold the request open, and no work is done before it is in.
+pub async fn handle(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
+    let headers_in = request.headers().clone();
+    let body =
+        match tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &())).await {
+            Ok(body) => body,
+            Err(_) => {
+                crate::http::limit_hit("http", "body_timeout");
+                warn!(
+                    timeout_ms = state.body_timeout.as_millis() as u64,
+                    "webhook refused: the body did not arrive in time"
+                );
+                return reply(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "unknown",
+                    "the body did not arrive within http.body_timeout",
+                );
+            }
+        };
+    let body: Result<Bytes, BytesRejection> = body;
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -206,6 +243,26 @@ pub async fn handle(
             )
         }
     };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    if let Some(off) = outside_window(&payload, state.max_age, now) {
+        let (age, detail) = if off > 0 {
+            (off, "the event is older than webhook.max_age")
+        } else {
+            (
+                -off,
+                "the event's timestamp is further in the future than webhook.max_age",
+            )
+        };
+        warn!(
+            kind = %describe(&payload),
+            off_ms = age,
+            max_age_ms = state.max_age.as_millis() as u64,
+            "webhook refused: {detail}"
+        );
+        return reply(StatusCode::BAD_REQUEST, "stale", "unknown", detail);
+    }
     let Some(event) = classify(&payload) else {
         // Never 400: Jelou documents no retry, and a refused event would only be lost. The
         // contract names no routing key for it, so it is not published.
@@ -222,7 +279,7 @@ pub async fn handle(
         ticket_id = tracing::field::Empty,
         correlation_id = conversation_id.as_deref().unwrap_or(""),
     );
-    accept(&state, event, conversation_id.as_deref(), &payload)
+    accept(&state, event, conversation_id.as_deref(), &payload, &body)
         .instrument(span)
         .await
 }
@@ -239,6 +296,7 @@ async fn accept(
     event: &str,
     conversation_id: Option<&str>,
     payload: &Value,
+    raw: &[u8],
 ) -> Response {
     let store_down = |e: &dyn std::fmt::Display| {
         warn!(error = %e, "webhook: store unavailable");
@@ -256,7 +314,7 @@ async fn accept(
     if let Some(t) = &ticket_id {
         tracing::Span::current().record("ticket_id", t.as_str());
     }
-    let key = dedup_key(event, payload);
+    let key = dedup_key(event, payload, raw);
     match state
         .store
         .claim_webhook(&key, state.claim_stale_after)
@@ -464,11 +522,33 @@ mod tests {
     #[test]
     fn dedup_keys() {
         let m = json!({"event": "message", "value": {"id": "m-1"}, "timestamp": 5});
-        assert_eq!(dedup_key("message", &m), "message:m-1");
+        assert_eq!(dedup_key("message", &m, b"x"), "message:m-1");
         let c = json!({"event": "conversation.close", "conversation": {"id": "c-1"}, "timestamp": 1777992928697u64});
         assert_eq!(
-            dedup_key("conversation.close", &c),
-            "conversation.close:c-1:1777992928697"
+            dedup_key("conversation.close", &c, b"x"),
+            "conversation.close:c-1",
+            "a repeat with another timestamp is the same event"
         );
+        let bare = json!({"event": "conversation.close"});
+        let a = dedup_key("conversation.close", &bare, b"one body");
+        assert!(a.starts_with("conversation.close:sha256:"), "{a}");
+        assert_ne!(a, dedup_key("conversation.close", &bare, b"another"));
+    }
+
+    #[test]
+    fn the_replay_window_goes_both_ways() {
+        let day = std::time::Duration::from_secs(86_400);
+        let now = 1_800_000_000_000i64;
+        let at = |ts: Value| outside_window(&json!({ "timestamp": ts }), day, now);
+        assert_eq!(at(json!(now - 1000)), None);
+        assert_eq!(at(json!(now - 86_400_001)), Some(86_400_001));
+        assert_eq!(at(json!(now + 86_400_001)), Some(-86_400_001));
+        assert_eq!(
+            at(json!((now - 1000) / 1000)),
+            None,
+            "seconds are taken too"
+        );
+        assert_eq!(at(json!("1799999999000")), None);
+        assert_eq!(outside_window(&json!({}), day, now), None);
     }
 }

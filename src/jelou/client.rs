@@ -11,6 +11,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::error::JelouError;
+use super::gate::JelouGate;
 use crate::config::{JelouAuth, JelouSettings};
 use crate::ticket::{CloseRequest, MessageRequest, StartRequest};
 
@@ -78,6 +79,11 @@ pub struct JelouClient {
     /// sandbox without credentials, where the stand-in does not check.
     auth: Option<(HeaderName, HeaderValue)>,
     timeout: Duration,
+    /// Every call passes it: `Retry-After`, the circuit breaker and the caps apply to Jelou
+    /// as a whole. Shared with /readyz and /metrics.
+    gate: std::sync::Arc<JelouGate>,
+    /// Ends the waits for a rate token or a free slot; set by [`JelouClient::stopping_on`].
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl JelouClient {
@@ -151,7 +157,20 @@ impl JelouClient {
             signing_secret: signing_secret.filter(|s| !s.expose_secret().is_empty()),
             auth,
             timeout: settings.timeout,
+            gate: std::sync::Arc::new(JelouGate::new(settings)),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Waits for the caps end when `shutdown` is cancelled.
+    pub fn stopping_on(mut self, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// The gate every call passes (Jelou's `Retry-After`, the circuit breaker, the caps).
+    pub fn gate(&self) -> std::sync::Arc<JelouGate> {
+        self.gate.clone()
     }
 
     pub async fn start(&self, req: &StartRequest) -> Result<Started, JelouError> {
@@ -244,11 +263,22 @@ impl JelouClient {
         self.send(endpoint, request).await
     }
 
-    /// Sends one request, counts and times it; a 2xx answer yields its `data` object (or
-    /// `{}`), anything else an error.
+    /// Sends one request through the gate, counts and times it; a 2xx answer yields its
+    /// `data` object (or `{}`), anything else an error.
     ///
     /// Each call is a client span of the delivery's trace, and carries it (`traceparent`).
     async fn send(
+        &self,
+        endpoint: Endpoint,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(u16, Value, bytes::Bytes), JelouError> {
+        let pass = self.gate.admit(&self.shutdown).await?;
+        let result = self.send_now(endpoint, request).await;
+        self.gate.record(pass, &result);
+        result
+    }
+
+    async fn send_now(
         &self,
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,

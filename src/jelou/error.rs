@@ -39,13 +39,24 @@ pub enum JelouError {
     /// The call cannot be made with this configuration (retrying will not help).
     #[error("{0}")]
     NotConfigured(&'static str),
+    /// Not sent: Jelou asked to wait (`Retry-After`) and no new call goes before then.
+    #[error("not sent: Jelou asked to wait {0:?} before any new call")]
+    HeldBack(Duration),
+    /// Not sent: Jelou failed too often in a row and the circuit breaker is open for this
+    /// much longer. Retryable, but not in process: the delivery parks at once.
+    #[error("not sent: Jelou's circuit breaker is open ({0:?} left) after a run of failures")]
+    CircuitOpen(Duration),
 }
 
 impl JelouError {
     /// Network errors, timeouts, 408, 429 and 5xx but 501 may succeed if tried again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            JelouError::Transport(_) | JelouError::NotSent(_) | JelouError::Timeout(_) => true,
+            JelouError::Transport(_)
+            | JelouError::NotSent(_)
+            | JelouError::Timeout(_)
+            | JelouError::HeldBack(_)
+            | JelouError::CircuitOpen(_) => true,
             JelouError::Status { status, .. } => is_retryable_status(*status),
             JelouError::BadResponse { .. }
             | JelouError::Shutdown
@@ -73,11 +84,20 @@ impl JelouError {
         }
     }
 
+    /// How long Jelou asked to wait (or, for an open breaker, how long it stays open): a
+    /// park lasts at least this long.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             JelouError::Status { retry_after, .. } => *retry_after,
+            JelouError::HeldBack(wait) => Some(*wait),
+            JelouError::CircuitOpen(left) if !left.is_zero() => Some(*left),
             _ => None,
         }
+    }
+
+    /// The gate refused the call: nothing was sent, and no attempt is counted.
+    pub fn not_sent_by_gate(&self) -> bool {
+        matches!(self, JelouError::HeldBack(_) | JelouError::CircuitOpen(_))
     }
 
     /// Jelou's raw answer, if any.

@@ -1,8 +1,10 @@
 //! Jelou's external-support API: the client ([`client`]), what its failures mean
-//! ([`error`]), retries with backoff ([`retry`]), and a local stand-in ([`mock`]).
+//! ([`error`]), retries with backoff ([`retry`]), the gate every call passes (`Retry-After`,
+//! circuit breaker, caps: [`gate`]), and a local stand-in ([`mock`]).
 
 pub mod client;
 pub mod error;
+pub mod gate;
 pub mod mock;
 pub mod retry;
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::Endpoint;
 use super::error::JelouError;
+use super::gate::JelouGate;
 use crate::config::RetrySettings;
 
 /// The in-process budget of one call.
@@ -22,6 +23,9 @@ pub struct RetryPolicy {
     pub factor: f32,
     /// A longer `Retry-After` ends the in-process attempts (the message is parked instead).
     pub max_retry_after: Duration,
+    /// Jelou's gate: before each attempt, a held gate is waited out (when its wait is no
+    /// longer than `max_retry_after`), so a call waiting on `Retry-After` spends no attempt.
+    pub gate: Option<std::sync::Arc<JelouGate>>,
 }
 
 impl From<&RetrySettings> for RetryPolicy {
@@ -32,6 +36,7 @@ impl From<&RetrySettings> for RetryPolicy {
             max_delay: s.max_delay,
             factor: s.factor,
             max_retry_after: s.max_retry_after,
+            gate: None,
         }
     }
 }
@@ -69,8 +74,12 @@ impl RetryPolicy {
             if shutdown.is_cancelled() {
                 return Err(JelouError::Shutdown);
             }
-            attempts.fetch_add(1, Ordering::Relaxed);
-            op().await
+            self.wait_for_gate(shutdown).await?;
+            let result = op().await;
+            if !matches!(&result, Err(e) if e.not_sent_by_gate()) {
+                attempts.fetch_add(1, Ordering::Relaxed);
+            }
+            result
         })
         .retry(backoff)
         .sleep(move |delay| {
@@ -86,8 +95,11 @@ impl RetryPolicy {
             // A start that may have opened a conversation is not sent again blindly: the
             // caller first looks for what it opened (the start webhook).
             let blind_repeat = endpoint == Endpoint::Start && e.may_have_taken_effect();
+            // An open breaker parks the delivery at once: waiting here would only spend
+            // its attempts on a Jelou known to be down.
             e.is_retryable()
                 && !blind_repeat
+                && !matches!(e, JelouError::CircuitOpen(_))
                 && e.retry_after().is_none_or(|ra| ra <= max_retry_after)
         })
         .adjust(|e: &JelouError, delay| {
@@ -107,6 +119,27 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// Waits while Jelou's gate is held, racing shutdown. A wait longer than
+    /// `max_retry_after` is not waited: the error says how long, and the delivery parks.
+    async fn wait_for_gate(&self, shutdown: &CancellationToken) -> Result<(), JelouError> {
+        let Some(gate) = &self.gate else {
+            return Ok(());
+        };
+        // Again after each wait: an answer that came meanwhile may have held it longer.
+        while let Some(wait) = gate.held_for() {
+            if wait > self.max_retry_after {
+                return Err(JelouError::HeldBack(wait));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return Err(JelouError::Shutdown),
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +153,7 @@ mod tests {
             max_delay: Duration::from_millis(20),
             factor: 2.0,
             max_retry_after: Duration::from_secs(5),
+            gate: None,
         }
     }
 

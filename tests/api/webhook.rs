@@ -373,6 +373,8 @@ async fn webhook_log_lines_name_the_ticket_and_the_correlation_id() {
         .args(["run", "--sandbox"])
         .env("JELOU_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", SECRET)
+        // The fixture's timestamp is fixed, and older than the default replay window.
+        .env("JELOU_BRIDGE__WEBHOOK__MAX_AGE", "876000h")
         .env("JELOU_BRIDGE__LOG__FORMAT", "json")
         .env("JELOU_BRIDGE__LOG__LEVEL", "info")
         .current_dir(dir.path())

@@ -61,6 +61,8 @@ pub fn test_settings(name: &str, jelou_base_url: &str, dir: &Path) -> Settings {
     s.store.url = SecretString::from(format!("sqlite://{}", dir.join("store.db").display()));
     s.store.unknown_ticket_wait = Duration::from_secs(1);
     s.http.listen = "127.0.0.1:0".into();
+    // Webhook fixtures carry fixed timestamps; the replay window's tests set their own.
+    s.webhook.max_age = Duration::from_secs(100 * 365 * 24 * 3600);
     s.shutdown.grace = Duration::from_secs(5);
     s
 }
@@ -366,6 +368,8 @@ pub struct TestApp {
     pub mock: MockJelou,
     pub bus: Bus,
     pub http: String,
+    /// Where health, readiness and metrics answer: `admin.listen` when set, else `http`.
+    pub admin: String,
     pub dir: tempfile::TempDir,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -398,6 +402,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings, &mut MockOptio
         .await
         .expect("app builds");
     let http = format!("http://{}", app.http_addr());
+    let admin = format!("http://{}", app.admin_addr());
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let test_app = TestApp {
@@ -405,6 +410,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings, &mut MockOptio
         mock,
         bus,
         http,
+        admin,
         dir,
         shutdown,
         handle: Some(handle),
@@ -419,7 +425,7 @@ impl TestApp {
         let deadline = Instant::now() + timeout;
         let client = reqwest::Client::new();
         loop {
-            if let Ok(r) = client.get(format!("{}/readyz", self.http)).send().await {
+            if let Ok(r) = client.get(format!("{}/readyz", self.admin)).send().await {
                 if r.status() == 200 {
                     return;
                 }
