@@ -861,15 +861,7 @@ impl Bridge {
             };
             let patience_left = waited.elapsed() < self.in_process_patience();
             let no_conversation = |reason, error: &str| {
-                Decision::Failed(Failure {
-                    ticket_id: Some(t.ticket_id.clone()),
-                    action: Some("message"),
-                    reason,
-                    http_status: None,
-                    error: error.to_string(),
-                    response: None,
-                    attempts: msg.prior_attempts,
-                })
+                failure(&t.ticket_id, "message", reason, error, msg.prior_attempts)
             };
             match record {
                 Some(r) if r.state == TicketState::Active && r.conversation_id.is_some() => {
@@ -997,32 +989,28 @@ impl Bridge {
                     Err(e) => return self.message_failed(t, e, attempts),
                 };
                 if conversation.is_closed() {
-                    return Decision::Failed(Failure {
-                        ticket_id: Some(t.ticket_id.clone()),
-                        action: Some("message"),
-                        reason: FailureReason::AlreadyResolved,
-                        http_status: None,
-                        error: format!(
+                    return failure(
+                        &t.ticket_id,
+                        "message",
+                        FailureReason::AlreadyResolved,
+                        &format!(
                             "the ticket's conversation {conversation_id} is closed in Jelou ({})",
                             conversation
                                 .ended_reason
                                 .as_deref()
                                 .unwrap_or("no reason given")
                         ),
-                        response: None,
                         attempts,
-                    });
+                    );
                 }
                 let Some(room) = conversation.room_id else {
-                    return Decision::Failed(Failure {
-                        ticket_id: Some(t.ticket_id.clone()),
-                        action: Some("message"),
-                        reason: FailureReason::Rejected,
-                        http_status: None,
-                        error: format!("Jelou names no room for conversation {conversation_id}"),
-                        response: None,
+                    return failure(
+                        &t.ticket_id,
+                        "message",
+                        FailureReason::Rejected,
+                        &format!("Jelou names no room for conversation {conversation_id}"),
                         attempts,
-                    });
+                    );
                 };
                 if let Err(e) = self.store.note_room(conversation_id, &room).await {
                     warn!(error = %e, "could not record the conversation's room");
@@ -1412,15 +1400,13 @@ fn outcome_properties(outcome: &Outcome, correlation_id: Option<String>) -> Basi
 }
 
 fn invalid(ticket_id: &str, action: &'static str, detail: &str, msg: &Inbound) -> Decision {
-    Decision::Failed(Failure {
-        ticket_id: Some(ticket_id.to_string()),
-        action: Some(action),
-        reason: FailureReason::InvalidMessage,
-        http_status: None,
-        error: detail.to_string(),
-        response: None,
-        attempts: msg.prior_attempts,
-    })
+    failure(
+        ticket_id,
+        action,
+        FailureReason::InvalidMessage,
+        detail,
+        msg.prior_attempts,
+    )
 }
 
 fn rejected(action: &'static str, ticket_id: &str, e: &JelouError, attempts: u32) -> Decision {
