@@ -146,18 +146,7 @@ async fn no_secret_reaches_a_log_line() {
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    let ready = format!("http://127.0.0.1:{port}/readyz");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while http
-        .get(&ready)
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(std::time::Instant::now() < deadline, "bridge not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_ready(&format!("http://127.0.0.1:{port}"), Duration::from_secs(20)).await;
     // A success, a rejection, a retry, bad input and a badly signed webhook: every path logs.
     bus.publish_json(
         "ticket.opened",

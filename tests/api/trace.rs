@@ -399,19 +399,7 @@ async fn spans_are_exported_over_otlp_chained_from_the_helpdesk_to_the_jelou_cal
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let http = reqwest::Client::new();
-    let ready = format!("http://127.0.0.1:{port}/readyz");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while http
-        .get(&ready)
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(std::time::Instant::now() < deadline, "bridge not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_ready(&format!("http://127.0.0.1:{port}"), Duration::from_secs(20)).await;
     let body = json!({"ticketId": "T-OTLP", "userId": "U-O", "botId": "B"});
     bus.publish("ticket.opened", body.to_string().as_bytes(), traced(None))
         .await;

@@ -752,3 +752,23 @@ pub async fn open_ticket(app: &mut TestApp, ticket: &str, user: &str) -> String 
     assert_eq!(started.ticket(), ticket);
     started.body["conversationId"].as_str().unwrap().to_string()
 }
+
+/// Waits until `GET {http}/readyz` answers 200 (a bridge running as a child process); fails
+/// the test after `timeout`.
+pub async fn wait_until_ready(http: &str, timeout: Duration) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    while client
+        .get(format!("{http}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "bridge not ready within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
