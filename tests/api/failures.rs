@@ -214,19 +214,8 @@ async fn resolved_for_an_unknown_ticket_fails_with_unknown_ticket() {
 async fn a_conversation_started_outside_the_bridge_is_closed_by_bot_and_user() {
     let mut app = spawn_app().await;
     // Opened in Jelou before the bridge was installed (straight to the stand-in's API).
-    let start = reqwest::Client::new()
-        .post(format!(
-            "{}/platform/v1/external-support/{PROJECT}/conversations/start",
-            app.mock.base_url()
-        ))
-        .header("x-api-key", API_KEY)
-        .json(&json!({"botId": "B", "userId": "U-LEGACY"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(start.status(), 200);
-    let legacy: serde_json::Value = start.json().await.unwrap();
-    let legacy = legacy["data"]["conversationId"]
+    let legacy = jelou_outside_the_bridge(&app.mock, Endpoint::Start, "B", "U-LEGACY").await
+        ["conversationId"]
         .as_str()
         .unwrap()
         .to_string();

@@ -159,17 +159,7 @@ async fn a_close_that_already_happened_is_settled_by_reading_the_conversation() 
     let conversation = open_ticket(&mut app, "T-GONE", "U-5").await;
     // The close reached Jelou but its answer never came back (the same state a kill -9
     // between the call and the store write leaves): the conversation is closed in Jelou.
-    let response = reqwest::Client::new()
-        .post(format!(
-            "{}/jelouapi/v1/external-support/{PROJECT}/conversations/close",
-            app.mock.base_url()
-        ))
-        .header("x-api-key", API_KEY)
-        .json(&json!({"botId": "B-1", "userId": "U-5"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    jelou_outside_the_bridge(&app.mock, Endpoint::Close, "B-1", "U-5").await;
 
     let closed = resolve(&mut app, "T-GONE").await;
     assert_eq!(closed.routing_key, "conversation.closed", "{closed:#?}");
@@ -217,18 +207,11 @@ async fn a_close_that_ends_another_conversation_is_never_published_as_the_ticket
     let own = open_ticket(&mut app, "T-DRIFT", "U-7").await;
     // Outside the bridge, the user got a new conversation with the bot: the store still
     // believes T-DRIFT's is the active one.
-    let response = reqwest::Client::new()
-        .post(format!(
-            "{}/platform/v1/external-support/{PROJECT}/conversations/start",
-            app.mock.base_url()
-        ))
-        .header("x-api-key", API_KEY)
-        .json(&json!({"botId": "B-1", "userId": "U-7"}))
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = response.json().await.unwrap();
-    let foreign = body["data"]["conversationId"].as_str().unwrap().to_string();
+    let foreign = jelou_outside_the_bridge(&app.mock, Endpoint::Start, "B-1", "U-7").await
+        ["conversationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let failed = resolve(&mut app, "T-DRIFT").await;
     assert_eq!(failed.routing_key, "ticket.failed", "{failed:#?}");

@@ -772,3 +772,34 @@ pub async fn wait_until_ready(http: &str, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Calls the stand-in's start or close endpoint as something outside the bridge would (a
+/// conversation opened before the bridge was installed, an operator's tool): the answer's
+/// `data`, after checking it was a 200.
+pub async fn jelou_outside_the_bridge(
+    mock: &MockJelou,
+    endpoint: jelou_bridge::jelou::Endpoint,
+    bot: &str,
+    user: &str,
+) -> Value {
+    let options = MockOptions::default();
+    let path = match endpoint {
+        jelou_bridge::jelou::Endpoint::Start => options.start_path,
+        jelou_bridge::jelou::Endpoint::Close => options.close_path,
+        other => panic!("no {other:?} call from outside the bridge"),
+    };
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}{}",
+            mock.base_url(),
+            path.replace("{projectId}", PROJECT)
+        ))
+        .header("x-api-key", API_KEY)
+        .json(&serde_json::json!({"botId": bot, "userId": user}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{endpoint:?} outside the bridge");
+    let mut body: Value = response.json().await.unwrap();
+    body["data"].take()
+}
