@@ -8,14 +8,14 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, FromRow, Row};
 
+pub use crate::clock::{now_ms, Clock};
 use crate::config::StoreSettings;
 
 mod batch;
@@ -29,7 +29,7 @@ pub struct StoreError(String);
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError(crate::jelou::client::error_chain(&e))
+        StoreError(crate::error::error_chain(&e))
     }
 }
 
@@ -218,22 +218,6 @@ pub struct Store {
     held: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-/// The clock leases are kept on: the database's. Replicas whose own clocks disagree (one
-/// runs 30 s fast, say) would otherwise take over each other's live leases. The offset
-/// between this host's clock and the database's is measured at connect and again at each
-/// lease renewal (PostgreSQL); an embedded SQLite store shares this host's clock.
-#[derive(Clone, Default)]
-pub struct Clock {
-    offset_ms: Arc<AtomicI64>,
-}
-
-impl Clock {
-    /// Now on the store's clock, in ms since the epoch.
-    pub fn now(&self) -> i64 {
-        now_ms().saturating_add(self.offset_ms.load(Ordering::Relaxed))
-    }
-}
-
 /// While alive, its ticket counts as in flight in this process: its lease is renewed.
 pub struct Hold {
     held: Arc<Mutex<HashMap<String, usize>>>,
@@ -333,7 +317,7 @@ impl Store {
         .await?;
         let after = now_ms();
         let offset = db - (before + after) / 2;
-        let previous = self.clock.offset_ms.swap(offset, Ordering::Relaxed);
+        let previous = self.clock.set_offset_ms(offset);
         if offset.abs() > 2000 && (previous - offset).abs() > 1000 {
             tracing::warn!(
                 offset_ms = offset,
@@ -941,11 +925,4 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
     } else {
         format!("{url}?mode=rwc")
     })
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

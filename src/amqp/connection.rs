@@ -38,7 +38,7 @@ pub async fn connect_to(
             anyhow::anyhow!(
                 "cannot connect to the broker at {}: {}",
                 redacted_url(url.expose_secret()),
-                crate::jelou::client::error_chain(&e)
+                crate::error::error_chain(&e)
             )
         })
 }

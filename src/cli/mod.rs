@@ -419,7 +419,7 @@ async fn check_config(settings: &Settings, probe: bool) -> anyhow::Result<ExitCo
             Err(e) => Err(format!(
                 "{}: {}",
                 settings.jelou.base_url,
-                crate::jelou::client::error_chain(&e)
+                crate::error::error_chain(&e)
             )),
         },
     );

@@ -339,10 +339,10 @@ impl JelouClient {
         if e.is_timeout() {
             JelouError::Timeout(self.timeout)
         } else if e.is_connect() {
-            JelouError::NotSent(error_chain(&e))
+            JelouError::NotSent(crate::error::error_chain(&e))
         } else {
             // reqwest's Display names the URL (no credentials in it) and the cause.
-            JelouError::Transport(error_chain(&e))
+            JelouError::Transport(crate::error::error_chain(&e))
         }
     }
 }
@@ -354,19 +354,4 @@ fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -139,8 +139,8 @@ pub struct MockConversation {
     /// `active` or `closed`.
     pub state: String,
     pub ended_reason: Option<String>,
-    pub start_at: u64,
-    pub end_at: Option<u64>,
+    pub start_at: i64,
+    pub end_at: Option<i64>,
 }
 
 #[derive(Default)]
@@ -564,7 +564,7 @@ fn start_conversation(
                 user_id: user.to_string(),
                 state: "active".into(),
                 ended_reason: None,
-                start_at: now_ms(),
+                start_at: crate::clock::now_ms(),
                 end_at: None,
             };
             c.all.insert(id.clone(), conv.clone());
@@ -574,7 +574,7 @@ fn start_conversation(
     };
     drop(c);
     let webhook = json!({
-        "event": "conversation.start", "timestamp": now_ms(), "field": "conversation",
+        "event": "conversation.start", "timestamp": crate::clock::now_ms(), "field": "conversation",
         "object": "conversation_event", "event_type": "start",
         "room_id": conv.room_id, "contact": {"id": user, "name": user},
         "conversation": {"id": conv.id, "assignment": body.get("assignment")},
@@ -674,13 +674,13 @@ fn end(c: &mut Conversations, id: &str, reason: &str) {
     if let Some(conv) = c.all.get_mut(id) {
         conv.state = "closed".into();
         conv.ended_reason = Some(reason.into());
-        conv.end_at = Some(now_ms());
+        conv.end_at = Some(crate::clock::now_ms());
     }
 }
 
 fn close_event(conv: &MockConversation, redirect: Option<&Value>) -> Value {
     json!({
-        "event": "conversation.close", "timestamp": now_ms(), "field": "conversation",
+        "event": "conversation.close", "timestamp": crate::clock::now_ms(), "field": "conversation",
         "object": "conversation_event", "event_type": "close",
         "room_id": conv.room_id, "contact": {"id": conv.user_id, "name": conv.user_id},
         "conversation": {"id": conv.id}, "bot": {"id": conv.bot_id, "name": conv.bot_id},
@@ -691,7 +691,7 @@ fn close_event(conv: &MockConversation, redirect: Option<&Value>) -> Value {
 /// A customer's message as Jelou sends it: no `event` field.
 fn message_event(conv: &MockConversation, value: Value) -> Value {
     json!({
-        "timestamp": now_ms(), "field": "messages", "object": "message_event",
+        "timestamp": crate::clock::now_ms(), "field": "messages", "object": "message_event",
         "event_type": "message", "room_id": conv.room_id,
         "contact": {"id": conv.user_id, "name": conv.user_id},
         "conversation": {"id": conv.id}, "bot": {"id": conv.bot_id, "name": conv.bot_id},
@@ -734,13 +734,6 @@ fn error_body(status: u16, message: &str) -> Value {
                   "developerMessages": {}, "clientMessages": {}},
         "validationError": {},
     })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Posts one signed event to the webhook target; its HTTP status, if it answered.
