@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the deployment files under deploy/ with what this machine has (the README's "Deployment" says
+# Checks the deployment files under deploy/ with what this machine has (docs/deployment.md says
 # which check covers which file). Run by scripts/test.sh after the integration tests; needs
 # the built binary (it builds it) and, for the RabbitMQ part, the local broker.
 #
@@ -228,7 +228,7 @@ check(kinds["ConfigMap"]["data"]["default.toml"] == open("config/default.toml").
 check(kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"], "single-queue: PDB selects the pods")
 print("lint: Dockerfile, docker-compose.yml, kubernetes/, systemd timeouts OK", file=sys.stderr)
 PY
-say "docker, kubernetes: linted (no Docker engine or cluster here; see the README, "Deployment")"
+say "docker, kubernetes: linted (no Docker engine or cluster here; see docs/deployment.md)"
 if docker compose version >/dev/null 2>&1; then
   docker compose -f deploy/docker-compose.yml config -q || fail "docker compose config"
   say "docker compose config: OK"

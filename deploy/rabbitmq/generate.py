@@ -154,7 +154,7 @@ def definitions(shards):
 def bridge_config(shards):
     names = ",\n".join(f'    "{shard_queue(i)}"' for i in range(shards))
     return f"""# [amqp] settings for bridge replicas consuming the sharded topology of
-# definitions-sharded.json (written by deploy/rabbitmq/generate.py; README, "Scaling out").
+# definitions-sharded.json (written by deploy/rabbitmq/generate.py; docs/scaling.md).
 # Layer it with --config, and give each process its replica index in the environment:
 #   JELOU_BRIDGE__AMQP__REPLICA_INDEX=0, 1, 2, …   (index i consumes shard j when
 #   j % replica_count == i % replica_count; equal shares wait as standbys)

@@ -99,7 +99,7 @@ impl CaseReport {
         s
     }
 
-    /// One row of the Markdown table in the README's "Performance" section.
+    /// One row of the results table in docs/performance.md.
     pub fn table_row(&self) -> String {
         let pct = |r: Option<f64>| r.map_or("–".into(), |r| format!("{:.0} %", r * 100.0));
         let ms = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));

@@ -120,7 +120,7 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
         None => None,
     };
     let correlation_id = uuid::Uuid::new_v4().to_string();
-    // What the helpdesk must set too: the sharded topology hashes this header (README, "Scaling out").
+    // What the helpdesk must set too: the sharded topology hashes this header (docs/scaling.md).
     let mut headers = FieldTable::default();
     crate::amqp::set_str(&mut headers, &settings.amqp.shard_header, &args.ticket);
     let props = BasicProperties::default()

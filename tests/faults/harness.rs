@@ -219,7 +219,7 @@ impl Scenario {
         format!("{}.delay.{delay}", self.queue)
     }
 
-    /// Turns the scenario into the sharded topology of the README's scaling recipe: a
+    /// Turns the scenario into the sharded topology of docs/scaling.md's recipe: a
     /// consistent-hash exchange on `x-ticket-id` in front of `shards` single-active-consumer
     /// queues, shared by `replicas` processes ([`Scenario::start_replica`]).
     pub fn shard(&mut self, shards: usize, replicas: usize) {
@@ -583,7 +583,7 @@ impl Helpdesk {
     ) {
         let mut confirms = Vec::new();
         for (key, body, message_id) in messages {
-            // As the README asks of the helpdesk: the ticket id in `x-ticket-id` too, which
+            // As docs/scaling.md asks of the helpdesk: the ticket id in `x-ticket-id` too, which
             // the sharded topology hashes (the other topologies ignore it).
             let mut headers = FieldTable::default();
             if let Some(ticket) = body["ticketId"].as_str() {
