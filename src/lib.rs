@@ -13,23 +13,27 @@
 //!   every call passes (`Retry-After`, circuit breaker, caps), a stand-in.
 //! - [`store`]: what was done per ticket (SQLite or PostgreSQL), for idempotency and order;
 //!   [`store::schema`]: its schema version against this binary's (upgrades).
-//! - [`amqp`]: connection, topology, confirmed publisher, supervised consumer.
+//! - [`amqp`]: connection, topology, confirmed publisher, supervised consumer; the delivery
+//!   side of each ticket event: [`amqp::inbound`] (a delivery and its headers read back) and
+//!   [`amqp::settle`] (a decision carried out on the broker, then the ack).
 //! - [`lanes`]: per-ticket order among concurrent deliveries (and one call at a time per
 //!   bot + user).
 //! - [`ownership`]: Jelou's one-conversation-per-user model as decisions: which ticket owns
 //!   a user's conversation, what a close may do.
-//! - [`bridge`]: what happens to one ticket event.
+//! - [`bridge`]: what happens to one ticket event, decided (never touching a delivery).
 //! - [`webhook`], [`http`]: Jelou's signed webhooks (replay window, dedupe), health,
 //!   readiness and metrics, served with limits against slow clients.
 //! - [`reconcile`]: the store brought in line with Jelou's view of each conversation.
 //! - [`app`]: the daemon assembled; [`cli`]: the commands.
+//! - [`clock`]: this host's clock and the lease clock; [`error`]: errors on one line.
 //!
 //! # The path of one ticket event
 //! consume ([`amqp::consumer`]; its span continues the inbound `traceparent`) → decode
-//! ([`ticket::decode`]) → wait its turn
-//! ([`lanes`]) → decide: claim in the [`store`], call Jelou with retries ([`jelou`]), record
-//! the result ([`bridge::Bridge::decide`]) → publish the outcome with confirms, or park it in
-//! a delay queue, or dead-letter it ([`bridge::Bridge::settle`]) → ack.
+//! ([`amqp::inbound::Inbound`], [`ticket::decode`]) → wait its turn ([`lanes`]) → decide:
+//! claim in the [`store`], call Jelou with retries ([`jelou`]), record the result
+//! ([`bridge::Bridge::decide`], called once per delivery) → settle: publish the outcome with
+//! confirms, or park it in a delay queue, or dead-letter it, then ack
+//! ([`amqp::settle::Settler::settle`]).
 
 pub mod amqp;
 pub mod app;

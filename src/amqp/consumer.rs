@@ -21,9 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn, Instrument};
 
+use super::inbound::Inbound;
 use super::publisher::{BrokerLink, Publisher};
+use super::settle::Settler;
 use super::{connection, topology};
-use crate::bridge::{Bridge, Inbound};
+use crate::bridge::Bridge;
 use crate::lanes::TicketLanes;
 use crate::ticket;
 
@@ -36,8 +38,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// for up to `shutdown.grace`, and closes the connection (returning what is left unacked).
 pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: CancellationToken) {
     let settings = bridge.settings.clone();
-    let lanes = Arc::new(TicketLanes::default());
     let tracker = TaskTracker::new();
+    let work = Work {
+        settler: Arc::new(Settler::new(settings.clone(), shutdown.clone())),
+        bridge: bridge.clone(),
+        lanes: Arc::default(),
+        tracker: tracker.clone(),
+    };
     let mut backoff = reconnect_backoff(&settings.amqp);
     let mut nodes = connection::Nodes::new(&settings.amqp);
     nodes.record(false);
@@ -93,9 +100,7 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
                 _ = shutdown.cancelled() => break false,
             };
             match next {
-                Some((queue, Ok(delivery))) => {
-                    dispatch(&bridge, &lanes, &tracker, &publisher, &queue, delivery)
-                }
+                Some((queue, Ok(delivery))) => work.dispatch(&publisher, &queue, delivery),
                 Some((queue, Err(e))) => {
                     error!(queue = %queue, error = %e, "consumer failed; reconnecting");
                     break true;
@@ -181,58 +186,66 @@ async fn open_session(
     })
 }
 
-/// Decodes in delivery order (so the ticket lanes keep publish order), then spawns the work.
-fn dispatch(
-    bridge: &Arc<Bridge>,
-    lanes: &Arc<TicketLanes>,
-    tracker: &TaskTracker,
-    publisher: &Publisher,
-    queue: &str,
-    delivery: lapin::message::Delivery,
-) {
-    let mut delivery = delivery;
-    let msg = Inbound::from_delivery(&mut delivery, queue);
-    let event = ticket::decode(
-        &msg.routing_key,
-        &msg.body,
-        bridge.settings.amqp.max_message_bytes,
-    );
-    let ticket_id = match &event {
-        Ok(e) => Some(e.ticket_id().to_string()),
-        Err(invalid) => invalid.ticket_id.clone(),
-    };
-    let mut place = event.as_ref().ok().map(|e| lanes.enter(e.ticket_id()));
-    let span = tracing::info_span!("delivery",
-        ticket_id = ticket_id.as_deref().unwrap_or(""),
-        correlation_id = msg.correlation_id().as_deref().unwrap_or(""),
-        event = %msg.routing_key,
-        parked = msg.parked,
-        trace_id = tracing::field::Empty,
-    );
-    // Before the span is first entered: afterwards its parent is fixed.
-    crate::trace_context::continue_trace(
-        &span,
-        crate::trace_context::from_amqp(msg.properties.headers().as_ref()),
-    );
-    // In the delivery's log lines too, so the logs of a ticket are found by its trace.
-    if let Some(id) = crate::trace_context::trace_id_of(&span) {
-        span.record("trace_id", id.as_str());
-    }
-    let bridge = bridge.clone();
-    let publisher = publisher.clone();
-    metrics::gauge!("jelou_bridge_inflight_deliveries").increment(1.0);
-    tracker.spawn(
-        async move {
-            if let Some(place) = place.as_mut() {
-                place.wait_turn().await;
-            }
-            let decision = bridge.decide(&event, &msg).await;
-            bridge.settle(&delivery, &msg, decision, &publisher).await;
-            drop(place);
-            metrics::gauge!("jelou_bridge_inflight_deliveries").decrement(1.0);
+/// What every delivery of a run goes through: decided by the bridge, settled on the broker,
+/// in its ticket's lane, tracked until done so that shutdown can wait for it.
+struct Work {
+    bridge: Arc<Bridge>,
+    settler: Arc<Settler>,
+    /// Per-ticket order among concurrent deliveries; owned by the run, shared by its sessions.
+    lanes: Arc<TicketLanes>,
+    /// Every delivery's task, so that shutdown drains them.
+    tracker: TaskTracker,
+}
+
+impl Work {
+    /// Decodes in delivery order (so the ticket lanes keep publish order), then spawns the
+    /// work: consume → decode → decide → settle, the decision taken exactly once.
+    fn dispatch(&self, publisher: &Publisher, queue: &str, delivery: lapin::message::Delivery) {
+        let mut delivery = delivery;
+        let msg = Inbound::from_delivery(&mut delivery, queue);
+        let event = ticket::decode(
+            &msg.routing_key,
+            &msg.body,
+            self.bridge.settings.amqp.max_message_bytes,
+        );
+        let ticket_id = match &event {
+            Ok(e) => Some(e.ticket_id().to_string()),
+            Err(invalid) => invalid.ticket_id.clone(),
+        };
+        let mut place = event.as_ref().ok().map(|e| self.lanes.enter(e.ticket_id()));
+        let span = tracing::info_span!("delivery",
+            ticket_id = ticket_id.as_deref().unwrap_or(""),
+            correlation_id = msg.correlation_id().as_deref().unwrap_or(""),
+            event = %msg.routing_key,
+            parked = msg.parked,
+            trace_id = tracing::field::Empty,
+        );
+        // Before the span is first entered: afterwards its parent is fixed.
+        crate::trace_context::continue_trace(
+            &span,
+            crate::trace_context::from_amqp(msg.properties.headers().as_ref()),
+        );
+        // In the delivery's log lines too, so the logs of a ticket are found by its trace.
+        if let Some(id) = crate::trace_context::trace_id_of(&span) {
+            span.record("trace_id", id.as_str());
         }
-        .instrument(span),
-    );
+        let bridge = self.bridge.clone();
+        let settler = self.settler.clone();
+        let publisher = publisher.clone();
+        metrics::gauge!("jelou_bridge_inflight_deliveries").increment(1.0);
+        self.tracker.spawn(
+            async move {
+                if let Some(place) = place.as_mut() {
+                    place.wait_turn().await;
+                }
+                let decision = bridge.decide(&event, &msg.history).await;
+                settler.settle(&delivery, &msg, decision, &publisher).await;
+                drop(place);
+                metrics::gauge!("jelou_bridge_inflight_deliveries").decrement(1.0);
+            }
+            .instrument(span),
+        );
+    }
 }
 
 /// Stops new deliveries; deliveries already received stay unacked on their channels, which
