@@ -10,30 +10,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+
+mod error;
+mod redact;
+mod serde_helpers;
+
+use error::from_config_error;
+pub use error::ConfigError;
+pub use redact::redacted_url;
+use redact::{redact_opt, redact_url, redact_urls};
+use serde_helpers::{durations, durations_out, secret_list, string_list};
 
 /// The repository's `config/default.toml`, compiled in so the binary runs from any directory.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
-
-/// What a secret looks like in `check-config` output.
-const REDACTED: &str = "[redacted]";
-
-/// A configuration that cannot run: one line naming the key and the problem.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration error: {key}: {problem}")]
-pub struct ConfigError {
-    pub key: String,
-    pub problem: String,
-}
-
-impl ConfigError {
-    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            problem: problem.into(),
-        }
-    }
-}
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Settings {
@@ -755,44 +745,6 @@ impl Settings {
     }
 }
 
-/// A list, or (from an environment variable) a comma-separated string.
-fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        List(Vec<String>),
-        Text(String),
-    }
-    Ok(match Raw::deserialize(d)? {
-        Raw::List(v) => v,
-        Raw::Text(t) => t
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
-    })
-}
-
-/// [`string_list`] of secrets: broker URLs that may carry a password.
-fn secret_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
-    Ok(string_list(d)?
-        .into_iter()
-        .map(SecretString::from)
-        .collect())
-}
-
-fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-    string_list(d)?
-        .iter()
-        .map(|s| humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom))
-        .collect()
-}
-
-fn durations_out<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|d| humantime::format_duration(*d).to_string()))
-}
-
 fn is_blank(secret: &Option<SecretString>) -> bool {
     secret
         .as_ref()
@@ -819,93 +771,6 @@ fn is_loopback(url: &url::Url) -> bool {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
-    }
-}
-
-/// Turns the `config` crate's errors into one line that names the key.
-fn from_config_error(err: config::ConfigError) -> ConfigError {
-    match err {
-        // The crate's message quotes the offending value, which may be a secret typed in the
-        // wrong place: say only what was expected.
-        config::ConfigError::Type { key, expected, .. } => ConfigError::new(
-            key.unwrap_or_else(|| "?".into()),
-            format!("has the wrong type: expected {expected}"),
-        ),
-        config::ConfigError::At { error, key, .. } => {
-            let inner = from_config_error(*error);
-            match key {
-                Some(key) if inner.key == "config" || inner.key == "?" => {
-                    ConfigError::new(key, inner.problem)
-                }
-                _ => inner,
-            }
-        }
-        config::ConfigError::NotFound(key) => ConfigError::new(key, "is missing"),
-        config::ConfigError::FileParse { uri, cause } => ConfigError::new(
-            uri.unwrap_or_else(|| "config file".into()),
-            format!("cannot parse: {cause}"),
-        ),
-        config::ConfigError::Message(msg) => split_message(&msg),
-        other => ConfigError::new("config", other.to_string()),
-    }
-}
-
-/// serde's messages look like `missing field \`x\`` or `… for key \`a.b\``.
-fn split_message(msg: &str) -> ConfigError {
-    if let Some(idx) = msg.find(" for key `") {
-        let key = msg[idx + 10..].trim_end_matches('`').to_string();
-        return ConfigError::new(key, scrub(&msg[..idx]));
-    }
-    ConfigError::new("config", scrub(msg))
-}
-
-/// Drops quoted values from a serde message, which could be secrets typed in the wrong place.
-fn scrub(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    let mut in_quote = false;
-    for ch in msg.chars() {
-        if ch == '"' {
-            if !in_quote {
-                out.push_str("\"…");
-            }
-            in_quote = !in_quote;
-            if !in_quote {
-                out.push('"');
-            }
-            continue;
-        }
-        if !in_quote {
-            out.push(ch);
-        }
-    }
-    out
-}
-
-/// The URL with any password replaced.
-pub fn redacted_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("redacted"));
-            }
-            url.to_string()
-        }
-        Err(_) => REDACTED.to_string(),
-    }
-}
-
-fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&redacted_url(secret.expose_secret()))
-}
-
-fn redact_urls<S: Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(secrets.iter().map(|u| redacted_url(u.expose_secret())))
-}
-
-fn redact_opt<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
-    match secret {
-        Some(v) if !v.expose_secret().is_empty() => s.serialize_str(REDACTED),
-        _ => s.serialize_str(""),
     }
 }
 
