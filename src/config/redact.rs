@@ -40,3 +40,51 @@ pub(super) fn redact_opt<S: Serializer>(
         _ => s.serialize_str(""),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::vars;
+    use crate::config::Settings;
+
+    #[test]
+    fn redacted_toml_hides_every_secret() {
+        let s = Settings::load(
+            &vars(&[
+                (
+                    "JELOU_BRIDGE__AMQP__URL",
+                    "amqp://bob:hunter2@rabbit:5672/%2f",
+                ),
+                ("JELOU_BRIDGE__JELOU__API_KEY", "sk-live-abc"),
+                ("JELOU_BRIDGE__JELOU__CLIENT_SECRET", "cs-xyz"),
+                ("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", "whsec-1"),
+                ("JELOU_BRIDGE__STORE__URL", "postgres://u:pgpass@db/x"),
+                (
+                    "JELOU_BRIDGE__AMQP__FAILOVER_URLS",
+                    "amqp://bob:hunter3@rabbit-2:5672/%2f, amqps://bob:hunter4@rabbit-3/%2f",
+                ),
+            ]),
+            true,
+        )
+        .unwrap();
+        let out = s.to_redacted_toml();
+        for secret in [
+            "hunter2",
+            "hunter3",
+            "hunter4",
+            "sk-live-abc",
+            "cs-xyz",
+            "whsec-1",
+            "pgpass",
+        ] {
+            assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+        }
+        assert!(out.contains("amqp://bob:redacted@rabbit:5672/%2f"), "{out}");
+        assert!(out.contains("amqps://bob:redacted@rabbit-3/%2f"), "{out}");
+        assert_eq!(
+            s.amqp.node_urls().len(),
+            3,
+            "amqp.url and both failover nodes"
+        );
+        assert!(!format!("{s:?}").contains("sk-live-abc"));
+    }
+}
