@@ -12,6 +12,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// The error for `key`; `problem` must not quote a value that may be a secret.
     pub(super) fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             key: key.into(),

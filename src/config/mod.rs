@@ -21,6 +21,8 @@ mod error;
 mod http;
 mod jelou;
 mod redact;
+#[cfg(test)]
+mod reference;
 mod retry;
 mod routing;
 mod serde_helpers;

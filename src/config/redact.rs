@@ -20,10 +20,12 @@ pub fn redacted_url(raw: &str) -> String {
     }
 }
 
+/// Serializes a secret URL as [`redacted_url`] shows it.
 pub(super) fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redacted_url(secret.expose_secret()))
 }
 
+/// Serializes secret URLs as [`redacted_url`] shows them.
 pub(super) fn redact_urls<S: Serializer>(
     secrets: &[SecretString],
     s: S,
@@ -31,6 +33,8 @@ pub(super) fn redact_urls<S: Serializer>(
     s.collect_seq(secrets.iter().map(|u| redacted_url(u.expose_secret())))
 }
 
+/// Serializes an optional secret as `[redacted]`, or `""` when unset, so `check-config`
+/// shows whether it is set and nothing more.
 pub(super) fn redact_opt<S: Serializer>(
     secret: &Option<SecretString>,
     s: S,

@@ -35,6 +35,7 @@ pub(super) fn secret_list<'de, D: serde::Deserializer<'de>>(
         .collect())
 }
 
+/// A [`string_list`] of durations (`"5s"`, `"2m"`).
 pub(super) fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     string_list(d)?
         .iter()
@@ -42,6 +43,7 @@ pub(super) fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Du
         .collect()
 }
 
+/// Durations written back as [`durations`] reads them.
 pub(super) fn durations_out<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(|d| humantime::format_duration(*d).to_string()))
 }
