@@ -8,16 +8,26 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
+/// Why a publish does not count: every case leaves the delivery that led to it unacked, to be
+/// done again.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// No broker session (between connections).
     #[error("broker unavailable")]
     Unavailable,
+    /// The channel or connection failed under the publish; the cause is lapin's.
     #[error("broker error: {0}")]
-    Broker(String),
+    Broker(#[source] lapin::Error),
+    /// The channel was not put in confirm mode, so no confirm can come (a bug, not a state).
+    #[error("broker error: the channel is not in confirm mode")]
+    NotConfirming,
+    /// The broker refused the message (a full queue with `reject-publish`, say).
     #[error("broker refused (nacked) the message")]
     Nacked,
+    /// A mandatory message no queue took: the reply code and text.
     #[error("no queue took the message (returned: {0})")]
     Returned(String),
+    /// No confirm within `amqp.confirm_timeout`.
     #[error("no confirm from the broker within {0:?}")]
     Timeout(Duration),
 }
@@ -70,9 +80,9 @@ impl Publisher {
                     properties,
                 )
                 .await
-                .map_err(|e| PublishError::Broker(e.to_string()))?
+                .map_err(PublishError::Broker)?
                 .await
-                .map_err(|e| PublishError::Broker(e.to_string()))?;
+                .map_err(PublishError::Broker)?;
             match confirm {
                 Confirmation::Ack(None) => Ok(()),
                 Confirmation::Ack(Some(returned)) => Err(PublishError::Returned(format!(
@@ -80,9 +90,7 @@ impl Publisher {
                     returned.reply_code, returned.reply_text
                 ))),
                 Confirmation::Nack(_) => Err(PublishError::Nacked),
-                Confirmation::NotRequested => Err(PublishError::Broker(
-                    "channel is not in confirm mode".into(),
-                )),
+                Confirmation::NotRequested => Err(PublishError::NotConfirming),
             }
         };
         match tokio::time::timeout(self.confirm_timeout, wait).await {
