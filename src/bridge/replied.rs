@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tracing::{error, info, warn};
 
-use super::decision::*;
+use super::decision::{failure, invalid, park, park_store, rejected, Decision, History};
 use super::Bridge;
 use crate::events::{FailureReason, Outcome};
 use crate::jelou::{Endpoint, JelouError};

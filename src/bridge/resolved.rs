@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use tracing::{error, info, warn};
 
-use super::decision::*;
+use super::decision::{
+    failure, invalid, park, park_store, park_store_attempts, Decision, History, NEVER_STARTED,
+};
 use super::Bridge;
 use crate::events::{Failure, FailureReason, Outcome};
 use crate::jelou::client::Conversation;
