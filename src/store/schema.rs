@@ -186,7 +186,7 @@ pub async fn applied(conn: &mut AnyConnection) -> Result<Vec<Migration>, StoreEr
 pub async fn inspect(url: &str) -> Result<SchemaReport, StoreError> {
     sqlx::any::install_default_drivers();
     let url = if url.starts_with("sqlite:") {
-        super::prepare_sqlite_url(url)?
+        super::sqlite::prepare_sqlite_url(url)?
     } else {
         url.to_string()
     };
