@@ -193,8 +193,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
             eprintln!("jelou-bridge: {e}");
             ExitCode::from(2)
         }
+        // The chain, each cause once: a store error's line already carries its cause.
         Err(e) => {
-            eprintln!("jelou-bridge: {e:#}");
+            eprintln!("jelou-bridge: {}", crate::error::error_chain(&*e));
             ExitCode::from(1)
         }
     }
@@ -202,8 +203,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
 
 fn schema_too_new(e: &anyhow::Error) -> bool {
     matches!(
-        e.downcast_ref::<crate::store::ConnectError>(),
-        Some(crate::store::ConnectError::SchemaTooNew(_))
+        e.downcast_ref::<crate::store::StoreError>(),
+        Some(crate::store::StoreError::SchemaTooNew(_))
     )
 }
 

@@ -64,10 +64,7 @@ pub struct Store {
 impl Store {
     /// Opens (creating a SQLite file and its directory if needed) and migrates the store;
     /// refuses a store that a newer release migrated (see [`schema`]).
-    pub async fn connect(
-        settings: &StoreSettings,
-        instance: String,
-    ) -> Result<Store, ConnectError> {
+    pub async fn connect(settings: &StoreSettings, instance: String) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let mut url = settings.url.expose_secret().to_string();
         let sqlite = url.starts_with("sqlite:");

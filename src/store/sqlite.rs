@@ -16,8 +16,10 @@ pub(super) fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
     {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source: std::sync::Arc::new(e),
+        })?;
     }
     Ok(if rest.contains("mode=") {
         url.to_string()

@@ -41,7 +41,7 @@ impl Store {
         let record = self
             .get(ticket_id)
             .await?
-            .ok_or_else(|| StoreError(format!("ticket {ticket_id} vanished while claiming it")))?;
+            .ok_or_else(|| StoreError::vanished(ticket_id, "while claiming it"))?;
         Ok(match record.state {
             TicketState::Starting => StartClaim::Busy(record),
             _ => StartClaim::AlreadyStarted(record),
@@ -61,7 +61,7 @@ impl Store {
         }
         self.get(ticket_id)
             .await?
-            .ok_or_else(|| StoreError(format!("ticket {ticket_id} vanished after its start")))
+            .ok_or_else(|| StoreError::vanished(ticket_id, "after its start"))
     }
 
     /// The start failed for good.
@@ -187,7 +187,7 @@ impl Store {
         .await?;
         self.get(ticket_id)
             .await?
-            .ok_or_else(|| StoreError(format!("ticket {ticket_id} vanished after its close")))
+            .ok_or_else(|| StoreError::vanished(ticket_id, "after its close"))
     }
 
     /// The close failed for good: the conversation stays as it was.
