@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
 pub use crate::clock::{now_ms, Clock};
 use crate::config::StoreSettings;
@@ -123,6 +123,29 @@ impl Store {
             store.sync_clock().await?;
         }
         Ok(store)
+    }
+
+    /// What `check-config --probe` says of the store: its URL (password redacted) and its
+    /// schema version against this binary's. An embedded store is opened as the daemon
+    /// opens it (so created and migrated); a PostgreSQL store gets one connection, not a
+    /// pool, which would retry a refused connection until its acquire timeout and then
+    /// report only that it timed out. A store a newer release migrated is refused.
+    pub async fn probe(settings: &StoreSettings) -> Result<String, StoreError> {
+        let url = settings.url.expose_secret();
+        // The schema first: opening an embedded store migrates it, and the version to
+        // report is the one found.
+        let schema = schema::inspect(url).await?.describe()?;
+        if url.starts_with("sqlite:") {
+            let store = Store::connect(settings, "check-config".into()).await?;
+            store.ping().await?;
+            store.close().await;
+        } else {
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(url).await?;
+            sqlx::query("SELECT 1").execute(&mut conn).await?;
+            let _ = conn.close().await;
+        }
+        Ok(format!("{}; {schema}", crate::config::redacted_url(url)))
     }
 
     /// The store's clock (see [`Clock`]).
