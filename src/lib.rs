@@ -22,7 +22,8 @@
 //! - [`webhook`], [`http`]: Jelou's signed webhooks (replay window, dedupe), health,
 //!   readiness and metrics, served with limits against slow clients.
 //! - [`reconcile`]: the store brought in line with Jelou's view of each conversation.
-//! - [`app`]: the daemon assembled; [`cli`]: the commands.
+//! - [`app`]: the daemon assembled; [`cli`]: the commands; [`shutdown`]: stopping on a
+//!   signal.
 //!
 //! # The path of one ticket event
 //! consume ([`amqp::consumer`]; its span continues the inbound `traceparent`) → decode
@@ -45,6 +46,7 @@ pub mod jelou;
 pub mod lanes;
 pub mod ownership;
 pub mod reconcile;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod ticket;

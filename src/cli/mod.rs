@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Application;
 use crate::config::{ConfigError, Settings, Sources};
 use crate::jelou::mock::{MockJelou, MockOptions, WebhookTarget};
+pub use crate::shutdown::stop_on_signal;
 use crate::telemetry;
 
 #[derive(Debug, Parser)]
@@ -290,32 +291,6 @@ async fn run(settings: Settings, sandbox: bool) -> anyhow::Result<ExitCode> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     app.run_until_stopped(shutdown).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM; a second signal exits at once.
-pub async fn stop_on_signal(shutdown: CancellationToken) {
-    wait_for_signal().await;
-    tracing::info!("signal received: stopping (a second signal exits at once)");
-    shutdown.cancel();
-    wait_for_signal().await;
-    tracing::warn!("second signal: exiting now");
-    std::process::exit(130);
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn schemas(out: &std::path::Path) -> anyhow::Result<ExitCode> {
