@@ -436,3 +436,6 @@ fn fail_all<T>(
         let _ = done.send(Err(e.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests;
