@@ -24,7 +24,8 @@
 //! - [`webhook`], [`http`]: Jelou's signed webhooks (replay window, dedupe), health,
 //!   readiness and metrics, served with limits against slow clients.
 //! - [`reconcile`]: the store brought in line with Jelou's view of each conversation.
-//! - [`app`]: the daemon assembled; [`cli`]: the commands.
+//! - [`app`]: the daemon assembled; [`cli`]: the commands; [`shutdown`]: stopping on a
+//!   signal, and in-flight work drained within the grace.
 //! - [`clock`]: this host's clock and the lease clock; [`error`]: errors on one line.
 //!
 //! # The path of one ticket event
@@ -49,6 +50,7 @@ pub mod jelou;
 pub mod lanes;
 pub mod ownership;
 pub mod reconcile;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod ticket;

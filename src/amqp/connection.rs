@@ -1,6 +1,8 @@
 //! Opening a broker connection: plain or TLS (rustls, an extra CA, a client certificate), to
 //! `amqp.url` or to any node of the cluster ([`Nodes`]: `amqp.url` and `amqp.failover_urls`).
 
+use std::time::Duration;
+
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
@@ -41,6 +43,25 @@ pub async fn connect_to(
                 crate::error::error_chain(&e)
             )
         })
+}
+
+/// What `check-config --probe` does for one node of the cluster: connect (at most 10 s, for a
+/// node that takes TCP but never completes the handshake), then close. Ok names the node,
+/// password redacted.
+pub async fn probe(settings: &AmqpSettings, node: &SecretString) -> anyhow::Result<String> {
+    let name = redacted_url(node.expose_secret());
+    let connected = tokio::time::timeout(
+        Duration::from_secs(10),
+        connect_to(settings, node, "jelou-bridge check-config"),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("{name}: no answer within 10s"))??;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        connected.close(200, "probe done".into()),
+    )
+    .await;
+    Ok(name)
 }
 
 /// The nodes of the cluster as the consumer's supervisor walks them: it stays on the current

@@ -124,12 +124,12 @@ pub async fn run(bridge: Arc<Bridge>, link: Arc<BrokerLink>, shutdown: Cancellat
             continue;
         }
         stop_consuming(&consuming).await;
-        drain(&tracker, settings.shutdown.grace).await;
+        crate::shutdown::drain(&tracker, settings.shutdown.grace).await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "shutting down".into())).await;
         return;
     }
     link.set(None);
-    drain(&tracker, settings.shutdown.grace).await;
+    crate::shutdown::drain(&tracker, settings.shutdown.grace).await;
 }
 
 type Consumers = SelectAll<
@@ -258,16 +258,6 @@ async fn stop_consuming(consuming: &[(Channel, String)]) {
         {
             warn!(error = %e, "could not cancel a consumer");
         }
-    }
-}
-
-async fn drain(tracker: &TaskTracker, grace: Duration) {
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        warn!(
-            grace_ms = grace.as_millis() as u64,
-            "in-flight work did not finish in time; it goes back to the queue"
-        );
     }
 }
 

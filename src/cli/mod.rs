@@ -1,5 +1,6 @@
 //! The commands. Exit codes: 0 ok, 1 operational failure, 2 usage or configuration error.
 
+mod check_config;
 mod dlq;
 mod publish;
 mod tickets;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Application;
 use crate::config::{ConfigError, Settings, Sources};
 use crate::jelou::mock::{MockJelou, MockOptions, WebhookTarget};
+pub use crate::shutdown::stop_on_signal;
 use crate::telemetry;
 
 #[derive(Debug, Parser)]
@@ -164,7 +166,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
     };
     let result = match cli.command {
         Command::Run { sandbox } => run(settings, sandbox).await,
-        Command::CheckConfig { probe, .. } => check_config(&settings, probe).await,
+        Command::CheckConfig { probe, .. } => check_config::run(&settings, probe).await,
         Command::Publish(args) => publish::run(&settings, args).await,
         Command::Dlq { command } => dlq::run(&settings, command).await,
         Command::Tickets { command } => tickets::run(&settings, command).await,
@@ -193,8 +195,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
             eprintln!("jelou-bridge: {e}");
             ExitCode::from(2)
         }
+        // The chain, each cause once: a store error's line already carries its cause.
         Err(e) => {
-            eprintln!("jelou-bridge: {e:#}");
+            eprintln!("jelou-bridge: {}", crate::error::error_chain(&*e));
             ExitCode::from(1)
         }
     }
@@ -202,8 +205,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
 
 fn schema_too_new(e: &anyhow::Error) -> bool {
     matches!(
-        e.downcast_ref::<crate::store::ConnectError>(),
-        Some(crate::store::ConnectError::SchemaTooNew(_))
+        e.downcast_ref::<crate::store::StoreError>(),
+        Some(crate::store::StoreError::SchemaTooNew(_))
     )
 }
 
@@ -288,146 +291,6 @@ async fn run(settings: Settings, sandbox: bool) -> anyhow::Result<ExitCode> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     app.run_until_stopped(shutdown).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM; a second signal exits at once.
-pub async fn stop_on_signal(shutdown: CancellationToken) {
-    wait_for_signal().await;
-    tracing::info!("signal received: stopping (a second signal exits at once)");
-    shutdown.cancel();
-    wait_for_signal().await;
-    tracing::warn!("second signal: exiting now");
-    std::process::exit(130);
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-async fn check_config(settings: &Settings, probe: bool) -> anyhow::Result<ExitCode> {
-    print!("{}", settings.to_redacted_toml());
-    if !probe {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut ok = true;
-    let mut report = |name: &str, result: Result<String, String>| match result {
-        Ok(detail) => println!("# probe {name}: ok ({detail})"),
-        Err(e) => {
-            ok = false;
-            println!("# probe {name}: FAILED: {e}");
-        }
-    };
-    // Every node of the cluster: a failover node that cannot be reached is found now, not
-    // when the bridge needs it.
-    for (i, node) in settings.amqp.node_urls().iter().enumerate() {
-        let name = match i {
-            0 => "broker".to_string(),
-            _ => format!("broker failover_urls[{}]", i - 1),
-        };
-        let broker = tokio::time::timeout(
-            Duration::from_secs(10),
-            crate::amqp::connection::connect_to(&settings.amqp, node, "jelou-bridge check-config"),
-        )
-        .await;
-        report(
-            &name,
-            match broker {
-                Ok(Ok(conn)) => {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        conn.close(200, "probe done".into()),
-                    )
-                    .await;
-                    Ok(crate::config::redacted_url(
-                        secrecy::ExposeSecret::expose_secret(node),
-                    ))
-                }
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!(
-                    "{}: no answer within 10s",
-                    crate::config::redacted_url(secrecy::ExposeSecret::expose_secret(node))
-                )),
-            },
-        );
-    }
-    let store_url = secrecy::ExposeSecret::expose_secret(&settings.store.url);
-    let store = async {
-        // The schema first: the store probe migrates an embedded store, and the version to
-        // report is the one found.
-        let schema = crate::store::schema::inspect(store_url)
-            .await
-            .map_err(|e| e.to_string())?;
-        let schema = schema.describe()?;
-        if store_url.starts_with("sqlite:") {
-            let store = crate::store::Store::connect(&settings.store, "check-config".into())
-                .await
-                .map_err(|e| e.to_string())?;
-            store.ping().await.map_err(|e| e.to_string())?;
-            store.close().await;
-        } else {
-            // One connection, not the pool: the pool would retry a refused connection until
-            // its acquire timeout and then report only that it timed out.
-            use sqlx::Connection;
-            sqlx::any::install_default_drivers();
-            let mut conn = sqlx::AnyConnection::connect(store_url)
-                .await
-                .map_err(|e| e.to_string())?;
-            sqlx::query("SELECT 1")
-                .execute(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = conn.close().await;
-        }
-        Ok::<_, String>(schema)
-    };
-    report(
-        "store",
-        match tokio::time::timeout(Duration::from_secs(10), store).await {
-            Ok(Ok(schema)) => Ok(format!(
-                "{}; {schema}",
-                crate::config::redacted_url(store_url)
-            )),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err("no answer within 10s".into()),
-        },
-    );
-    let http = reqwest::Client::builder()
-        .timeout(settings.jelou.timeout)
-        .connect_timeout(settings.jelou.connect_timeout)
-        .build()?;
-    report(
-        "jelou",
-        match http.get(&settings.jelou.base_url).send().await {
-            // Any HTTP answer means the host is reachable; the API itself needs credentials.
-            Ok(resp) => Ok(format!(
-                "{} answered HTTP {}",
-                settings.jelou.base_url,
-                resp.status().as_u16()
-            )),
-            Err(e) => Err(format!(
-                "{}: {}",
-                settings.jelou.base_url,
-                crate::error::error_chain(&e)
-            )),
-        },
-    );
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
 
 fn schemas(out: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -347,6 +347,28 @@ impl JelouClient {
     }
 }
 
+/// What `check-config --probe` does for Jelou: a GET of `jelou.base_url`, with the configured
+/// timeouts and no credentials. Any HTTP answer means the host is reachable (the API itself
+/// needs credentials); Ok says which status it answered.
+pub async fn probe(settings: &JelouSettings) -> anyhow::Result<String> {
+    let http = reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.connect_timeout)
+        .build()?;
+    match http.get(&settings.base_url).send().await {
+        Ok(resp) => Ok(format!(
+            "{} answered HTTP {}",
+            settings.base_url,
+            resp.status().as_u16()
+        )),
+        Err(e) => Err(anyhow::anyhow!(
+            "{}: {}",
+            settings.base_url,
+            crate::error::error_chain(&e)
+        )),
+    }
+}
+
 fn status_class(status: u16) -> &'static str {
     match status {
         200..=299 => "2xx",

@@ -116,7 +116,7 @@ impl Batcher {
 }
 
 fn stopped() -> StoreError {
-    StoreError("the store's writer stopped".into())
+    StoreError::WriterStopped
 }
 
 /// The batches' connection, taken from the pool on first use and given back (closed) after
@@ -436,3 +436,6 @@ fn fail_all<T>(
         let _ = done.send(Err(e.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -100,24 +100,21 @@ impl SchemaReport {
 
     /// One line for `check-config --probe`: the store's version and what this binary does
     /// with it; Err when it cannot use it.
-    pub fn describe(&self) -> Result<String, String> {
+    pub fn describe(&self) -> Result<String, SchemaTooNew> {
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
+        }
         let binary = format!(
             "this binary ({}) knows up to {}",
             env!("CARGO_PKG_VERSION"),
             self.binary.version
         );
-        match (self.compatibility(), &self.store) {
-            (Compatibility::Newer, _) => Err(self
-                .refusal()
-                .map(|r| r.to_string())
-                .unwrap_or_default()),
-            (Compatibility::Empty, _) | (_, None) => Ok(format!(
-                "empty store; {binary} and creates the schema at start"
-            )),
-            (Compatibility::Current, Some(store)) => {
-                Ok(format!("schema version {store}; {binary}: can use it"))
+        Ok(match &self.store {
+            None => format!("empty store; {binary} and creates the schema at start"),
+            Some(store) if self.pending.is_empty() => {
+                format!("schema version {store}; {binary}: can use it")
             }
-            (Compatibility::Older, Some(store)) => Ok(format!(
+            Some(store) => format!(
                 "schema version {store}; {binary}: can use it, applies {} additive migration(s) at start ({})",
                 self.pending.len(),
                 self.pending
@@ -125,8 +122,8 @@ impl SchemaReport {
                     .map(|m| m.version.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
-            )),
-        }
+            ),
+        })
     }
 }
 
@@ -186,7 +183,7 @@ pub async fn applied(conn: &mut AnyConnection) -> Result<Vec<Migration>, StoreEr
 pub async fn inspect(url: &str) -> Result<SchemaReport, StoreError> {
     sqlx::any::install_default_drivers();
     let url = if url.starts_with("sqlite:") {
-        super::prepare_sqlite_url(url)?
+        super::sqlite::prepare_sqlite_url(url)?
     } else {
         url.to_string()
     };

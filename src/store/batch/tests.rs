@@ -1,0 +1,210 @@
+//! The deadlock fallback of the batches, against a real PostgreSQL (`JB_TEST_PG_URL`): a batch
+//! that PostgreSQL picks as a deadlock's victim is written again one row at a time, so every
+//! caller still gets its row. Without the fallback these tests fail: each caller in the
+//! batch gets the deadlock error.
+//!
+//! The deadlock is made, not hoped for: another transaction locks the batch's second row,
+//! the batch locks its first row and waits for the second, then the other transaction asks
+//! for the first. Only the batch's session looks for deadlocks in time (the other waits
+//! 60 s before it would), so the batch is the victim.
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+
+use crate::config::Settings;
+use crate::store::{StartClaim, Store};
+
+fn pg_url() -> String {
+    std::env::var("JB_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn admin() -> PgConnection {
+    let url = pg_url();
+    PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!("these tests need PostgreSQL at {url} (set JB_TEST_PG_URL): {e}")
+    })
+}
+
+/// A database of its own, dropped (with whatever is still connected) when the test ends.
+struct Database {
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create() -> Database {
+        let name = format!("jbt_deadlock_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = admin().await;
+        for sql in [
+            format!("CREATE DATABASE {name}"),
+            // The store's sessions look for a deadlock after 3 s of waiting (not the default
+            // 1 s), time enough for the test to close the cycle on a busy machine.
+            format!("ALTER DATABASE {name} SET deadlock_timeout = '3s'"),
+        ] {
+            sqlx::query(&sql).execute(&mut admin).await.unwrap();
+        }
+        let _ = admin.close().await;
+        let mut url = url::Url::parse(&pg_url()).unwrap();
+        url.set_path(&name);
+        Database {
+            name,
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        // Drop is not async: a runtime of its own, on a thread of its own.
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async { sqlx::query(&sql).execute(&mut admin().await).await })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(_))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+async fn store(db: &Database) -> Store {
+    let mut settings = Settings::defaults().store;
+    settings.url = db.url.clone().into();
+    Store::connect(&settings, "batch-test".into())
+        .await
+        .unwrap()
+}
+
+/// Runs `writes` (spawned: two writes that go as one batch, `first` then `second` in
+/// ticket order) into a deadlock with another transaction, and returns what they answered.
+async fn deadlocked<T: Send + 'static>(
+    db: &Database,
+    first: &str,
+    second: &str,
+    writes: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let lock = |ticket: &str, nowait: &str| {
+        format!("SELECT ticket_id FROM tickets WHERE ticket_id = '{ticket}' FOR UPDATE {nowait}")
+    };
+    let mut other = PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    for sql in [
+        "SET LOCAL deadlock_timeout = '60s'".into(),
+        lock(second, ""),
+    ] {
+        sqlx::query(&sql).execute(&mut *tx).await.unwrap();
+    }
+    // On this test's single thread, both writes are queued before the batching task runs:
+    // they go as one statement.
+    let writes = tokio::spawn(writes);
+
+    // The batch has taken `first` and waits for `second`.
+    let mut watch = PgConnection::connect(&db.url).await.unwrap();
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND wait_event_type = 'Lock'";
+    let started = std::time::Instant::now();
+    while sqlx::query_scalar::<_, i64>(waiting)
+        .fetch_one(&mut watch)
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the batch never waited for {second}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::query("SAVEPOINT probe")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let taken = sqlx::query(&lock(first, "NOWAIT")).execute(&mut *tx).await;
+    assert!(
+        matches!(&taken, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03")),
+        "the batch should hold {first} while it waits for {second}: {taken:?}"
+    );
+    sqlx::query("ROLLBACK TO SAVEPOINT probe")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    // The cycle: granted only once PostgreSQL has failed the batch's statement (the batch
+    // cannot finish while this transaction holds `second`).
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        sqlx::query(&lock(first, "")).execute(&mut *tx),
+    )
+    .await
+    .expect("PostgreSQL resolves the deadlock within 30 s")
+    .expect("the batch, not this transaction, is the deadlock's victim");
+    tx.commit().await.unwrap();
+    let _ = other.close().await;
+    tokio::time::timeout(Duration::from_secs(30), writes)
+        .await
+        .expect("the writes finish once the other transaction is gone")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_claim_batch_chosen_as_a_deadlock_victim_claims_each_ticket_alone() {
+    let db = Database::create().await;
+    let store = store(&db).await;
+    // Two tickets whose starts failed for good: a claim takes each again (and so locks it).
+    for ticket in ["t-a", "t-b"] {
+        store.claim_start(ticket, "bot", ticket).await.unwrap();
+        store.fail_start(ticket, "refused").await.unwrap();
+    }
+    let s = store.clone();
+    let (a, b) = deadlocked(&db, "t-a", "t-b", async move {
+        tokio::join!(
+            s.claim_start("t-a", "bot", "t-a"),
+            s.claim_start("t-b", "bot", "t-b")
+        )
+    })
+    .await;
+    for (ticket, claim) in [("t-a", a), ("t-b", b)] {
+        match claim {
+            Ok(StartClaim::Claimed { .. }) => {}
+            Ok(other) => panic!("{ticket}: not claimed: {other:?}"),
+            Err(e) => panic!("{ticket}: {e}"),
+        }
+        let row = store.get(ticket).await.unwrap().unwrap();
+        assert_eq!(row.owner.as_deref(), Some("batch-test"), "{row:?}");
+        assert_eq!(row.attempts, 2, "{row:?}");
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_finish_batch_chosen_as_a_deadlock_victim_finishes_each_ticket_alone() {
+    let db = Database::create().await;
+    let store = store(&db).await;
+    for ticket in ["t-a", "t-b"] {
+        store.claim_start(ticket, "bot", ticket).await.unwrap();
+    }
+    let s = store.clone();
+    let (a, b) = deadlocked(&db, "t-a", "t-b", async move {
+        tokio::join!(
+            s.finish_start("t-a", "conv-a"),
+            s.finish_start("t-b", "conv-b")
+        )
+    })
+    .await;
+    for (conversation, finished) in [("conv-a", a), ("conv-b", b)] {
+        let row = finished.unwrap_or_else(|e| panic!("{conversation}: {e}"));
+        assert_eq!(
+            row.conversation_id.as_deref(),
+            Some(conversation),
+            "{row:?}"
+        );
+        assert_eq!(row.state.as_str(), "active", "{row:?}");
+    }
+    store.close().await;
+}

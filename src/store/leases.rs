@@ -1,0 +1,97 @@
+//! Which process works on a ticket: a lease in its row (`owner`, `lease_until`), renewed
+//! while the process holds the ticket ([`Hold`]), and kept on the database's clock so that
+//! replicas whose own clocks disagree do not take over each other's live leases.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::{now_ms, Store, StoreError};
+
+/// While alive, its ticket counts as in flight in this process: its lease is renewed.
+pub struct Hold {
+    held: Arc<Mutex<HashMap<String, usize>>>,
+    ticket_id: String,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.ticket_id) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ticket_id);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Measures the offset between this host's clock and the database's (PostgreSQL).
+    pub async fn sync_clock(&self) -> Result<(), StoreError> {
+        if self.pool.connect_options().database_url.scheme() == "sqlite" {
+            return Ok(());
+        }
+        // This host's own clock, not the store's (which already carries the offset).
+        let before = now_ms();
+        let db: i64 = sqlx::query_scalar(
+            "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let after = now_ms();
+        let offset = db - (before + after) / 2;
+        let previous = self.clock.set_offset_ms(offset);
+        if offset.abs() > 2000 && (previous - offset).abs() > 1000 {
+            tracing::warn!(
+                offset_ms = offset,
+                "this host's clock differs from the store's; leases follow the store's clock"
+            );
+        }
+        Ok(())
+    }
+
+    /// Marks `ticket_id` as in flight in this process until the hold is dropped: its lease
+    /// is renewed meanwhile, and only then.
+    pub fn hold(&self, ticket_id: &str) -> Hold {
+        *self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ticket_id.to_string())
+            .or_default() += 1;
+        Hold {
+            held: self.held.clone(),
+            ticket_id: ticket_id.to_string(),
+        }
+    }
+
+    /// Extends the lease of every ticket in flight in this process (see [`Store::hold`]);
+    /// a ticket this process holds in the store but no longer works on (a write that failed
+    /// after Jelou answered, say) is left to expire, so another pass can take it.
+    pub async fn renew_leases(&self) -> Result<u64, StoreError> {
+        let held: Vec<String> = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let mut renewed = 0;
+        for chunk in held.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "UPDATE tickets SET lease_until = $1 WHERE owner = $2 \
+                 AND state IN ('starting', 'closing') AND ticket_id IN ({})",
+                list.join(", ")
+            );
+            let mut query = sqlx::query(&sql)
+                .bind(self.clock.now() + self.lease_ms())
+                .bind(&self.instance);
+            for t in chunk {
+                query = query.bind(t);
+            }
+            renewed += query.execute(&self.pool).await?.rows_affected();
+        }
+        Ok(renewed)
+    }
+}
