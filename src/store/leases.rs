@@ -95,3 +95,47 @@ impl Store {
         Ok(renewed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::clock::Clock;
+    use crate::config::Settings;
+    use crate::store::{StartClaim, Store};
+
+    /// Two processes on one embedded store; the second one's clock is `offset_ms` ahead.
+    async fn two_processes(offset_ms: i64) -> (Store, Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut settings = Settings::defaults().store;
+        settings.url = secrecy::SecretString::from(format!(
+            "sqlite://{}",
+            dir.path().join("store.db").display()
+        ));
+        settings.lease = std::time::Duration::from_secs(30);
+        let first = Store::connect(&settings, "first".into()).await.unwrap();
+        let second =
+            Store::connect_with_clock(&settings, "second".into(), Clock::offset_by(offset_ms))
+                .await
+                .unwrap();
+        (first, second, dir)
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_keeps_another_process_out() {
+        let (first, second, _dir) = two_processes(29_000).await;
+        let claim = first.claim_start("T-1", "BOT", "U-1").await.unwrap();
+        assert!(matches!(claim, StartClaim::Claimed { .. }), "{claim:?}");
+        let other = second.claim_start("T-1", "BOT", "U-1").await.unwrap();
+        assert!(matches!(other, StartClaim::Busy(_)), "{other:?}");
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over() {
+        // 31 s later on the second process's clock: the first one's 30 s lease has run out
+        // (it crashed, or stopped renewing), so the ticket is not stuck for good.
+        let (first, second, _dir) = two_processes(31_000).await;
+        let claim = first.claim_start("T-1", "BOT", "U-1").await.unwrap();
+        assert!(matches!(claim, StartClaim::Claimed { .. }), "{claim:?}");
+        let other = second.claim_start("T-1", "BOT", "U-1").await.unwrap();
+        assert!(matches!(other, StartClaim::Claimed { .. }), "{other:?}");
+    }
+}

@@ -65,6 +65,17 @@ impl Store {
     /// Opens (creating a SQLite file and its directory if needed) and migrates the store;
     /// refuses a store that a newer release migrated (see [`schema`]).
     pub async fn connect(settings: &StoreSettings, instance: String) -> Result<Store, StoreError> {
+        Store::connect_with_clock(settings, instance, Clock::default()).await
+    }
+
+    /// [`Store::connect`] with the clock its leases are kept on given: a PostgreSQL store
+    /// sets its offset to the database's (see [`Store::sync_clock`]); tests put a replica's
+    /// clock ahead to see a lease expire without waiting for it.
+    pub async fn connect_with_clock(
+        settings: &StoreSettings,
+        instance: String,
+        clock: Clock,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let mut url = settings.url.expose_secret().to_string();
         let sqlite = url.starts_with("sqlite:");
@@ -104,7 +115,6 @@ impl Store {
             return Err(refusal.into());
         }
         MIGRATOR.run(&pool).await?;
-        let clock = Clock::default();
         let writes = batch::Batcher::start(
             pool.clone(),
             clock.clone(),
