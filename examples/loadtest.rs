@@ -36,12 +36,9 @@ use jelou_bridge::config::Settings;
 use jelou_bridge::jelou::mock::{MockJelou, MockOptions};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use bridge_process::{BridgeConfig, BridgeProcess, StoreDb, StoreKind};
 use limit::Limit;
 use report::{percentile, CaseReport};
-
-const API_KEY: &str = "loadtest-api-key";
-const PROJECT: &str = "proj-loadtest";
+use testkit::{unique, BridgeProcess, StoreKind, TestStore, API_KEY};
 
 #[derive(Debug, Clone, Parser)]
 #[command(about = "End-to-end benchmark of jelou-bridge against the broker's own limit")]
@@ -55,7 +52,8 @@ struct Args {
     /// amqp.prefetch of the bridge (and of the broker-limit consumer).
     #[arg(long, default_value_t = 32)]
     prefetch: u16,
-    #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+    /// The bridge's store: sqlite or postgres.
+    #[arg(long, default_value_t = StoreKind::Sqlite)]
     store: StoreKind,
     /// Run every case of the benchmark matrix (latency, prefetch, backlog, store).
     #[arg(long)]
@@ -280,13 +278,6 @@ fn write_json(
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
-}
-
 /// One case: its own names, stand-in, store and bridge process, all removed afterwards.
 async fn run_case(
     args: &Args,
@@ -296,6 +287,7 @@ async fn run_case(
 ) -> anyhow::Result<CaseReport> {
     let prefix = unique("lt");
     let mut settings = Settings::defaults();
+    settings.amqp.url = args.amqp_url.clone().into();
     settings.amqp.exchange = format!("{prefix}.helpdesk");
     settings.amqp.queue = format!("{prefix}.tickets");
     settings.amqp.events_exchange = format!("{prefix}.events");
@@ -315,7 +307,8 @@ async fn run_case(
     let result = async {
         let channel = bus::confirm_channel(&admin).await?;
         bus::declare(&channel, &settings).await?;
-        let store = StoreDb::create(case.store, dir.path(), &args.pg_url, &prefix).await?;
+        let store = TestStore::create(case.store, dir.path(), &args.pg_url).await?;
+        settings.store.url = store.url.clone().into();
         let bench = Bench {
             args,
             case,
@@ -324,9 +317,7 @@ async fn run_case(
             admin: &admin,
             channel: &channel,
         };
-        let r = bench.run(bin, dir.path(), &store.url, &mock).await;
-        store.drop_database().await;
-        r
+        bench.run(bin, dir.path(), &mock).await
     }
     .await;
     bus::remove(&args.amqp_url, &settings).await;
@@ -366,42 +357,25 @@ struct Paced {
 }
 
 impl Bench<'_> {
-    async fn run(
-        &self,
-        bin: &Path,
-        dir: &Path,
-        store_url: &str,
-        mock: &MockJelou,
-    ) -> anyhow::Result<CaseReport> {
+    async fn run(&self, bin: &Path, dir: &Path, mock: &MockJelou) -> anyhow::Result<CaseReport> {
         let name = self.case.name();
         let amqp = &self.settings.amqp;
         let mut seen = bus::observe(self.admin, &amqp.events_exchange, self.prefix.into()).await?;
         eprintln!("[{name}] pre-loading {} ticket.opened…", self.case.tickets);
         let preload =
             bus::preload(self.channel, &amqp.exchange, self.prefix, self.case.tickets).await?;
-        let listen = format!("127.0.0.1:{}", bridge_process::free_port()?);
-        let base_url = mock.base_url();
-        let mut bridge = BridgeProcess::spawn(
+        let mut bridge = bridge_process::start(
             bin,
             dir,
-            &BridgeConfig {
-                amqp_url: &self.args.amqp_url,
-                exchange: &amqp.exchange,
-                queue: &amqp.queue,
-                events_exchange: &amqp.events_exchange,
-                prefetch: self.case.prefetch,
-                jelou_base_url: &base_url,
-                project_id: PROJECT,
-                api_key: API_KEY,
-                store_url,
-                http_listen: &listen,
-                extra: &self.args.bridge_env,
-            },
-        )?;
+            self.settings,
+            &mock.base_url(),
+            &self.args.bridge_env,
+        )
+        .await?;
         eprintln!(
             "[{name}] pre-loaded in {:.1}s; bridge pid {} working…",
             preload.as_secs_f64(),
-            bridge.pid
+            bridge.pid()
         );
         let measured = async {
             let backlog = self.backlog(&mut bridge, &mut seen).await?;
@@ -413,14 +387,19 @@ impl Bench<'_> {
             } else {
                 None
             };
-            let peak = proc_stats::memory(bridge.pid).map_or(0.0, |m| m.peak_mib);
+            let peak = proc_stats::memory(bridge.pid()).map_or(0.0, |m| m.peak_mib);
             Ok::<_, anyhow::Error>((backlog, paced, peak))
         }
         .await;
-        let log_lines = bridge.logged_lines();
-        let stopped = bridge.stop().await;
+        let log_lines = bridge_process::warnings_logged(&bridge);
+        let stopped = bridge.stop(Duration::from_secs(30)).await;
         let (backlog, paced, peak_rss_mib) = measured?;
-        stopped.context("stopping the bridge")?;
+        let status = stopped.context("stopping the bridge")?;
+        anyhow::ensure!(
+            status.success(),
+            "the bridge exited with {status}:\n{}",
+            bridge.log_tail(20)
+        );
 
         let n = self.case.tickets;
         let cpu_per_ticket = backlog.cpu_seconds / (n.saturating_sub(1).max(1)) as f64;
@@ -432,7 +411,7 @@ impl Bench<'_> {
         latencies.sort_by(f64::total_cmp);
         Ok(CaseReport {
             case: name,
-            store: self.case.store,
+            store: self.case.store.as_str(),
             jelou_latency_ms: self.case.latency_ms,
             prefetch: self.case.prefetch,
             tickets: n,
@@ -467,7 +446,7 @@ impl Bench<'_> {
         seen: &mut UnboundedReceiver<bus::Seen>,
     ) -> anyhow::Result<Backlog> {
         let n = self.case.tickets;
-        let pid = bridge.pid;
+        let pid = bridge.pid();
         let cpu = || {
             (
                 proc_stats::cpu_seconds(pid).unwrap_or(0.0),
@@ -577,13 +556,16 @@ impl Bench<'_> {
                 }
                 Ok(None) => anyhow::bail!("the observer stopped"),
                 Err(_) => {
-                    if let Some(how) = bridge.exited() {
-                        anyhow::bail!("the bridge exited after {done} of {n} outcomes: {how}");
+                    if let Some(status) = bridge.exited() {
+                        anyhow::bail!(
+                            "the bridge exited after {done} of {n} outcomes: {status}; log:\n{}",
+                            bridge.log_tail(20)
+                        );
                     }
                     anyhow::ensure!(
                         last_progress.elapsed() < stall,
                         "no outcome for {stall:?} after {done} of {n}; bridge log:\n{}",
-                        bridge.log_tail()
+                        bridge.log_tail(20)
                     );
                 }
             }
