@@ -216,3 +216,26 @@ impl Drop for TopologyGuard {
         Declared::by_bridge(&self.0).delete_blocking(vec![amqp_url()]);
     }
 }
+
+/// Runs `rabbitmqctl` on the local broker (through `sudo -n` when not root); fails the test
+/// when it fails.
+pub fn rabbitmqctl(args: &[&str]) {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let mut cmd = if root {
+        std::process::Command::new("rabbitmqctl")
+    } else {
+        let mut c = std::process::Command::new("sudo");
+        c.args(["-n", "rabbitmqctl"]);
+        c
+    };
+    let out = cmd.args(args).output().expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -78,16 +78,8 @@ struct BrokerUser {
 impl BrokerUser {
     fn create(password: &str) -> BrokerUser {
         let name = unique("jbt-user");
-        let ctl = |args: &[&str]| {
-            let status = Command::new("rabbitmqctl")
-                .args(args)
-                .stdout(Stdio::null())
-                .status()
-                .expect("rabbitmqctl runs");
-            assert!(status.success(), "rabbitmqctl {args:?}");
-        };
-        ctl(&["add_user", &name, password]);
-        ctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
+        rabbitmqctl(&["add_user", &name, password]);
+        rabbitmqctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
         BrokerUser { name }
     }
 }

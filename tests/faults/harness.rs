@@ -15,8 +15,8 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use serde_json::{json, Value};
 use testkit::{
     amqp_url, bridge_bin, calls_per_ticket, clean_bridge_command, clean_command, connect_any,
-    depth_on, pg_url, stand_in_options, start_stand_in, unique, BridgeProcess, Declared, StoreKind,
-    TestStore, API_KEY, PROJECT,
+    depth_on, pg_url, rabbitmqctl, stand_in_options, start_stand_in, unique, BridgeProcess,
+    Declared, StoreKind, TestStore, API_KEY, PROJECT,
 };
 
 use crate::observer::Observer;
@@ -451,26 +451,4 @@ impl Drop for BrokerStopped {
     fn drop(&mut self) {
         rabbitmqctl(&["start_app"]);
     }
-}
-
-/// Runs `rabbitmqctl` (through `sudo -n` when not root).
-pub fn rabbitmqctl(args: &[&str]) {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    let mut cmd = if root {
-        Command::new("rabbitmqctl")
-    } else {
-        let mut c = Command::new("sudo");
-        c.args(["-n", "rabbitmqctl"]);
-        c
-    };
-    let out = cmd.args(args).output().expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
