@@ -1,8 +1,8 @@
 //! The operator commands, run as the real binary against the real broker, the test's store
 //! and a bridge running in this process.
 
-use std::process::Output;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use jelou_bridge::config::Settings;
 use jelou_bridge::jelou::mock::Scripted;
@@ -12,12 +12,12 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 
-use crate::support::*;
+use testkit::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 
 /// The binary, configured through the environment only, as an operator would run it.
-fn command(settings: &Settings) -> tokio::process::Command {
+fn command(settings: &Settings) -> Command {
     let mut cmd = bridge_command(settings);
     cmd.env("JELOU_BRIDGE__LOG__LEVEL", "warn")
         .current_dir(std::env::temp_dir());
@@ -26,66 +26,19 @@ fn command(settings: &Settings) -> tokio::process::Command {
 
 /// Runs `jelou-bridge <line>` (arguments split at spaces) to completion, bounded, echoing
 /// what it printed for the test log.
-async fn run(settings: &Settings, line: &str) -> Run {
+async fn run(settings: &Settings, line: &str) -> Ran {
     run_cmd(command(settings), line).await
 }
 
-async fn run_cmd(mut cmd: tokio::process::Command, line: &str) -> Run {
-    let args: Vec<&str> = line.split_whitespace().collect();
-    let out: Output = tokio::time::timeout(Duration::from_secs(60), cmd.args(args).output())
-        .await
-        .unwrap_or_else(|_| panic!("jelou-bridge {line} did not finish"))
-        .unwrap();
-    let run = Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    };
-    println!(
-        "$ jelou-bridge {line}\n[exit {:?}]\n{}{}",
-        run.code, run.stdout, run.stderr
-    );
-    run
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn assert_code(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "stdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
+async fn run_cmd(mut cmd: Command, line: &str) -> Ran {
+    cmd.args(line.split_whitespace());
+    run_to_end(cmd, line).await
 }
 
 /// The JSON document a command printed after its first line.
 fn printed_json(stdout: &str) -> Value {
     let start = stdout.find("\n{").expect("a JSON document is printed") + 1;
     serde_json::from_str(&stdout[start..]).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
-async fn wait_for_depth(bus: &Bus, queue: &str, depth: u32) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = bus.depth(queue).await;
-        if now == depth {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{queue} holds {now}, expected {depth}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -187,7 +140,7 @@ async fn a_dead_letter_is_listed_replayed_and_then_completes() {
         app.bus.expect(1, WAIT).await[0].routing_key,
         "ticket.failed"
     );
-    wait_for_depth(&app.bus, &dead, 1).await;
+    wait_depth(&dead, 1, WAIT).await;
 
     let out = run(&app.settings, "dlq list").await;
     out.assert_code(0);
@@ -215,7 +168,7 @@ async fn a_dead_letter_is_listed_replayed_and_then_completes() {
     assert!(row[4].ends_with('s'), "age: {row:?}");
     assert!(row[5..].join(" ").contains("422"), "the error: {row:?}");
     // Listing leaves the dead letter where it was.
-    wait_for_depth(&app.bus, &dead, 1).await;
+    wait_depth(&dead, 1, WAIT).await;
 
     // A dry run and a replay of another ticket change nothing.
     let out = run(&app.settings, "dlq replay --all --dry-run").await;
@@ -229,7 +182,7 @@ async fn a_dead_letter_is_listed_replayed_and_then_completes() {
         "{}",
         out.stdout
     );
-    wait_for_depth(&app.bus, &dead, 1).await;
+    wait_depth(&dead, 1, WAIT).await;
     app.bus.expect_silence(Duration::from_millis(500)).await;
     assert_eq!(app.mock.calls_to(Endpoint::Start).len(), 1);
 
@@ -244,7 +197,7 @@ async fn a_dead_letter_is_listed_replayed_and_then_completes() {
     let seen = app.bus.expect(1, WAIT).await.remove(0);
     assert_eq!(seen.routing_key, "conversation.started");
     assert_eq!(seen.body["ticketId"], "T-DLQ");
-    wait_for_depth(&app.bus, &dead, 0).await;
+    wait_depth(&dead, 0, WAIT).await;
     let out = run(&app.settings, "dlq list").await;
     out.assert_code(0);
     assert!(out.stdout.starts_with("0 dead letter(s)"), "{}", out.stdout);
@@ -284,12 +237,12 @@ async fn a_dead_letter_that_cannot_be_republished_is_kept() {
         .unwrap()
         .await
         .unwrap();
-    wait_for_depth(&app.bus, &dead, 1).await;
+    wait_depth(&dead, 1, WAIT).await;
 
     let out = run(&app.settings, "dlq replay --all").await;
     out.assert_code(1);
     assert!(out.stderr.contains("dead letter kept"), "{}", out.stderr);
-    wait_for_depth(&app.bus, &dead, 1).await;
+    wait_depth(&dead, 1, WAIT).await;
     app.stop().await;
 }
 
@@ -376,11 +329,7 @@ async fn check_config_probe_checks_each_dependency() {
     toml::from_str::<toml::Value>(&out.stdout).expect("the output stays valid TOML");
 
     // Everything unreachable: one failed line each, exit 1.
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed_port = unused_port();
     let mut broken = app.settings.clone();
     broken.amqp.url = format!("amqp://guest:guest@127.0.0.1:{closed_port}/%2f").into();
     broken.store.url = format!("postgres://postgres@127.0.0.1:{closed_port}/jbt").into();
@@ -420,11 +369,7 @@ async fn check_config_probe_checks_each_dependency() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_config_probe_checks_every_failover_node_without_showing_its_password() {
     let app = spawn_app().await;
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed_port = unused_port();
     let mut cmd = command(&app.settings);
     cmd.env("JELOU_BRIDGE__JELOU__BASE_URL", app.mock.base_url())
         .env("JELOU_BRIDGE__JELOU__PROJECT_ID", PROJECT)

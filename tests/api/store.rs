@@ -8,7 +8,7 @@ use jelou_bridge::config::Settings;
 use jelou_bridge::store::{now_ms, CloseClaim, StartClaim, Store, TicketState};
 use secrecy::SecretString;
 
-use crate::support::PgDatabase;
+use testkit::PgDatabase;
 
 /// Where one test's store lives; dropping it removes the file or database.
 struct Backend {

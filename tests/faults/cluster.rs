@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use jelou_bridge::jelou::Endpoint;
 
 use crate::harness::*;
+use crate::observer::*;
+use testkit::*;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh");
 
@@ -345,7 +347,7 @@ async fn a_rolling_restart_of_every_node_under_load_loses_nothing_and_starts_not
     )
     .await;
     let observer = Arc::new(Observer::start(&scenario).await);
-    let mut bridge = scenario.start_bridge().await;
+    let bridge = scenario.start_bridge().await;
     burst_under_way(&scenario, &observer, ROLLING_TICKETS, 50).await;
 
     let progress = Progress::start(observer.clone(), ROLLING_TICKETS);
