@@ -114,13 +114,10 @@ pub async fn run_to_end(cmd: Command, what: &str) -> Ran {
 const STARTING: &str = "jelou-bridge starting";
 
 /// `log.level`, made to keep the [`STARTING`] line (logged by the `app` module at `info`)
-/// when it asks for a quieter level. PostgreSQL's notice on an already migrated store
-/// (`sqlx::postgres::notice`, at `info`) stays on too: while it is filtered out, the bridge's
-/// next line on that thread, the start line, is lost with it (seen with tracing-subscriber's
-/// per-layer filters, as the bridge sets them up).
+/// when it asks for a quieter level, as an operator who wants quiet logs but the start line
+/// would set it.
 fn level_keeping_the_start_line(level: &str) -> Option<String> {
-    matches!(level, "warn" | "error" | "off")
-        .then(|| format!("{level},jelou_bridge::app=info,sqlx::postgres::notice=info"))
+    matches!(level, "warn" | "error" | "off").then(|| format!("{level},jelou_bridge::app=info"))
 }
 
 /// A running `jelou-bridge run`: its JSON logs (stderr) and its stdout go to files in its

@@ -211,3 +211,27 @@ fn schemas_writes_every_bus_messages_schema_as_committed() {
     }
     assert!(names.contains(&"ticket.reply.schema.json".to_string()));
 }
+
+/// Quiet logs keep the lines they ask for. A PostgreSQL store that is already migrated makes
+/// the driver report a notice (below `warn`, so turned down); that once made the bridge's
+/// next line, its start line, disappear too (tracing-subscriber's per-layer filter state).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_log_level_still_logs_the_start_line_after_library_logs_it_turned_down() {
+    let pg = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&unique("jbt-quiet"), "http://127.0.0.1:9", dir.path());
+    settings.store.url = secrecy::SecretString::from(pg.url.clone());
+    let _topology = TopologyGuard(settings.clone());
+    // The first run migrates; the second finds the store migrated and gets the notice.
+    for run in ["migrating", "already migrated"] {
+        let mut cmd = bridge_command(&settings);
+        cmd.args(["run", "--sandbox"])
+            .env("JELOU_BRIDGE__LOG__LEVEL", "warn,jelou_bridge::app=info");
+        let child = BridgeProcess::start(cmd, dir.path())
+            .await
+            .unwrap_or_else(|e| panic!("{run}: {e}"));
+        child.stop(Duration::from_secs(10)).await.unwrap();
+        let log = child.log();
+        assert!(log.contains("jelou-bridge stopped"), "{run}: {log}");
+    }
+}
