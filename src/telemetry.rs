@@ -6,7 +6,7 @@
 //! or not: the ids the bridge puts on the bus and on Jelou calls must not depend on whether
 //! anyone collects the spans, nor on the log level: the bridge's own spans are always on.
 //!
-//! What is recorded at all is decided by one global filter ([`Recorded`]: what `log.level`
+//! What is recorded at all is decided by one global filter (`Recorded`: what `log.level`
 //! asks for, plus the bridge's spans). With per-layer filters alone, an event or a `log`
 //! record that every layer's filter turned down (rustls's and sqlx's, below `log.level`)
 //! left tracing-subscriber's per-thread filter state set, and the next event on that thread
