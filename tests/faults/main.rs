@@ -17,6 +17,7 @@
 //! The `upgrade` scenarios also run the previous release's binary, named by `JB_PREVIOUS_BIN`
 //! (`scripts/build-previous.sh` builds it and prints its path; `scripts/test.sh` does both).
 
+mod cluster_kit;
 mod harness;
 mod observer;
 
