@@ -6,12 +6,13 @@
 //! or not: the ids the bridge puts on the bus and on Jelou calls must not depend on whether
 //! anyone collects the spans, nor on the log level: the bridge's own spans are always on.
 //!
-//! What is recorded at all is decided by one global filter (`Recorded`: what `log.level`
-//! asks for, plus the bridge's spans). With per-layer filters alone, an event or a `log`
-//! record that every layer's filter turned down (rustls's and sqlx's, below `log.level`)
-//! left tracing-subscriber's per-thread filter state set, and the next event on that thread
-//! was dropped: the "jelou-bridge starting" line went missing at `log.level = "warn,…"`. A
-//! global filter that turns such an event down resets that state.
+//! Each layer keeps its own filter (logs: `log.level`; traces: the bridge's spans and events at
+//! `info`), and a global filter in front (`Recorded`) is exactly their union. Without it, an
+//! event or a `log` record that every layer's filter turned down (rustls's and sqlx's, below
+//! `log.level`) left tracing-subscriber's per-thread filter state set, and the next event on
+//! that thread was dropped: the "jelou-bridge starting" line went missing at
+//! `log.level = "warn,…"`. The global filter turns such an event down first, which resets
+//! that state.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -99,8 +100,7 @@ fn provider_builder(service_name: &str) -> opentelemetry_sdk::trace::TracerProvi
 }
 
 /// The layer that turns the bridge's spans into OpenTelemetry spans. Its own filter keeps it
-/// to the bridge's spans and events, at `info` and above, whatever `log.level` says (the
-/// global filter lets those spans through).
+/// to the bridge's spans and events, at `info` and above, whatever `log.level` says.
 fn trace_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -115,17 +115,25 @@ fn bridge_targets() -> Targets {
     Targets::new().with_target("jelou_bridge", LevelFilter::INFO)
 }
 
-/// The global filter: what `log.level` enables, and the bridge's spans whatever it says,
-/// since trace context rides on them. The log layer prints events only, so a span kept for
-/// the traces adds no log line (only its fields to the lines logged inside it).
+/// What `log.level` (or `RUST_LOG`) asks the logs for.
+fn log_filter(log: &LogSettings) -> EnvFilter {
+    EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// The global filter: the union of the layers' own filters, so that what every layer would
+/// turn down is turned down before any of them looks (see the module's note).
 struct Recorded {
+    /// The log layer's filter, built a second time from the same `log.level`.
     logs: EnvFilter,
-    spans: Targets,
+    /// The trace layer's filter.
+    traces: Targets,
 }
 
 impl Recorded {
-    fn bridge_span(&self, meta: &Metadata<'_>) -> bool {
-        meta.is_span() && self.spans.would_enable(meta.target(), meta.level())
+    fn traced(&self, meta: &Metadata<'_>) -> bool {
+        self.traces.would_enable(meta.target(), meta.level())
     }
 }
 
@@ -134,14 +142,18 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        if self.bridge_span(meta) {
-            return Interest::always();
+        // Always asked, so that span directives in `log.level` (`[delivery]=debug`) know the
+        // callsite.
+        let logs = Layer::<S>::register_callsite(&self.logs, meta);
+        if self.traced(meta) {
+            Interest::always()
+        } else {
+            logs
         }
-        Layer::<S>::register_callsite(&self.logs, meta)
     }
 
     fn enabled(&self, meta: &Metadata<'_>, cx: Context<'_, S>) -> bool {
-        self.bridge_span(meta) || Layer::<S>::enabled(&self.logs, meta, cx)
+        self.traced(meta) || Layer::<S>::enabled(&self.logs, meta, cx)
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
@@ -174,9 +186,6 @@ where
 /// provider to shut down at exit; a second call (tests) installs nothing.
 pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Tracing, TelemetryError> {
     let provider = tracer_provider(telemetry)?;
-    let logs = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match log.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
@@ -190,13 +199,14 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Tracing,
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .with_filter(log_filter(log))
             .boxed()
     } else {
-        fmt.compact().boxed()
+        fmt.compact().with_filter(log_filter(log)).boxed()
     };
     let recorded = Recorded {
-        logs,
-        spans: bridge_targets(),
+        logs: log_filter(log),
+        traces: bridge_targets(),
     };
     let _ = tracing_subscriber::registry()
         .with(recorded)
