@@ -90,9 +90,6 @@ impl Inbound {
 /// Bus input is untrusted: arbitrary bodies and headers end as an event or a clear error,
 /// never a panic, and headers cannot switch a budget off or overflow a count. A fixed number
 /// of cases keeps CI's time bounded.
-/// Bus input is untrusted: arbitrary bodies and headers end as an event or a clear error,
-/// never a panic, and headers cannot switch a budget off or overflow a count. A fixed number
-/// of cases keeps CI's time bounded.
 #[cfg(test)]
 mod properties {
     use super::*;

@@ -8,8 +8,9 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
-/// Why a publish does not count: every case leaves the delivery that led to it unacked, to be
-/// done again.
+/// Why a publish does not count. For an outcome, a dead letter or a park, the delivery that
+/// led to it stays unacked, to be done again; a copy to `reply_to` that fails is only
+/// warned about (the outcome is on the events exchange either way).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// No broker session (between connections).

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Application;
 use crate::config::{ConfigError, Settings, Sources};
 use crate::jelou::mock::{MockJelou, MockOptions, WebhookTarget};
-pub use crate::shutdown::stop_on_signal;
+use crate::shutdown::stop_on_signal;
 use crate::telemetry;
 
 #[derive(Debug, Parser)]

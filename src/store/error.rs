@@ -1,6 +1,7 @@
 //! Why a store operation failed: one enum, each cause kept as its `source`.
 //!
-//! Each message is one line that starts `ticket store: ` and already carries its cause's
+//! Each message is one line that starts `ticket store: ` (but a store too new for this
+//! binary, a configuration error named by its key) and already carries its cause's
 //! text (what logs and the parked messages' `x-last-error` have always shown), so printing
 //! the chain as well would repeat it: print these with [`crate::error::error_chain`], which
 //! leaves out a cause whose text is already there.
@@ -42,10 +43,6 @@ pub enum StoreError {
     #[error(transparent)]
     SchemaTooNew(#[from] super::schema::SchemaTooNew),
 }
-
-/// Why the store could not be opened: a [`StoreError`] (the name `Store::connect` used
-/// before the store's errors were one enum).
-pub type ConnectError = StoreError;
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {

@@ -33,7 +33,7 @@ mod sqlite;
 mod tickets;
 mod webhooks;
 
-pub use error::{ConnectError, StoreError};
+pub use error::StoreError;
 pub use leases::Hold;
 pub use record::{
     CloseClaim, MessageClaim, StartClaim, TicketRecord, TicketState, WebhookClaim, SUPERSEDED,
