@@ -235,3 +235,46 @@ async fn a_quiet_log_level_still_logs_the_start_line_after_library_logs_it_turne
         assert!(log.contains("jelou-bridge stopped"), "{run}: {log}");
     }
 }
+
+/// A span directive in `log.level` (`[delivery]=debug`: everything inside a delivery, at
+/// debug) turns on the lines logged inside that span, and only those.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_span_directive_in_the_log_level_logs_what_happens_inside_that_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&unique("jbt-spanlog"), "http://127.0.0.1:9", dir.path());
+    let _topology = TopologyGuard(settings.clone());
+    let mut bus = Bus::new(&settings).await;
+    let mut cmd = bridge_command(&settings);
+    cmd.args(["run", "--sandbox"]).env(
+        "JELOU_BRIDGE__LOG__LEVEL",
+        "warn,jelou_bridge::app=info,[delivery]=debug",
+    );
+    let child = BridgeProcess::start(cmd, dir.path()).await.unwrap();
+    child.wait_ready(Duration::from_secs(30)).await;
+    bus.publish_json(
+        "ticket.opened",
+        &json!({"ticketId": "T-SPAN", "userId": "U-SPAN", "botId": "BOT", "initialMessage": "Hola"}),
+    )
+    .await;
+    let seen = bus.expect(1, Duration::from_secs(20)).await;
+    assert_eq!(seen[0].routing_key, "conversation.started");
+    child.stop(Duration::from_secs(10)).await.unwrap();
+    let lines: Vec<Value> = child
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    // The line names its innermost span (the Jelou call, within the delivery).
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "DEBUG" && l.get("span").is_some()),
+        "no debug line inside the delivery: {lines:#?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["level"] == "DEBUG" && l.get("span").is_none()),
+        "a debug line outside any span: {lines:#?}"
+    );
+}
