@@ -127,6 +127,8 @@ struct Writer {
     clock: Clock,
     conn: Option<PoolConnection<Any>>,
     closed: bool,
+    /// SQLite, whose planner needs telling which index a join with `VALUES` should use.
+    sqlite: bool,
 }
 
 impl Writer {
@@ -163,11 +165,13 @@ async fn run(
     lease_ms: i64,
     mut rx: mpsc::UnboundedReceiver<Write>,
 ) {
+    let sqlite = pool.connect_options().database_url.scheme() == "sqlite";
     let mut writer = Writer {
         pool,
         clock,
         conn: None,
         closed: false,
+        sqlite,
     };
     let mut queued: VecDeque<Write> = VecDeque::new();
     loop {
@@ -347,8 +351,15 @@ async fn supersede_after(
             format!("(${p}, ${}, ${}, ${})", p + 1, p + 2, p + 3)
         })
         .collect();
+    // Without statistics SQLite walks every active ticket (`tickets_state`) for each row of
+    // `VALUES`, a cost that grows with the store; the user's index finds the few rows there.
+    let indexed = if writer.sqlite {
+        " INDEXED BY tickets_bot_user"
+    } else {
+        ""
+    };
     let sql = format!(
-        "UPDATE tickets SET state = 'closed', ended_reason = '{SUPERSEDED}', owner = NULL, \
+        "UPDATE tickets{indexed} SET state = 'closed', ended_reason = '{SUPERSEDED}', owner = NULL, \
          lease_until = NULL, last_error = 'its conversation was replaced by ticket ' || v.column1, \
          updated_at = $1 \
          FROM (VALUES {}) AS v WHERE tickets.bot_id = v.column2 AND tickets.user_id = v.column3 \
