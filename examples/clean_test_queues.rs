@@ -8,21 +8,23 @@
 use std::io::BufRead;
 
 use lapin::options::QueueDeleteOptions;
-use lapin::{Connection, ConnectionProperties};
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("JB_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+async fn main() -> anyhow::Result<()> {
     let names: Vec<String> = std::io::stdin()
         .lock()
         .lines()
         .map_while(Result::ok)
         .map(|l| l.trim().to_string())
         .filter(|n| n.starts_with("jbt-"))
-        .filter(|n| !owner_alive(n))
+        .filter(|n| !testkit::owner_alive(n))
         .collect();
-    let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let conn = testkit::connect_to(
+        &testkit::amqp_url(),
+        "clean_test_queues",
+        std::time::Duration::from_secs(20),
+    )
+    .await?;
     let mut deleted = 0;
     for name in &names {
         // A failed delete closes the channel: one channel per queue keeps going.
@@ -39,11 +41,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = conn.close(200, "done".into()).await;
     println!("deleted {deleted} of {} leftover test queues", names.len());
     Ok(())
-}
-
-/// Whether the test process named in `name` (`-p<pid>-`) is still running.
-fn owner_alive(name: &str) -> bool {
-    name.split('-')
-        .filter_map(|part| part.strip_prefix('p')?.parse::<u32>().ok())
-        .any(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
 }

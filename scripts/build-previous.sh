@@ -21,7 +21,7 @@ if [ -z "$tag" ]; then
 fi
 # A clone made without its tags (some CI checkouts) still has every release's commit: the
 # releases are listed here too, newest first, as tag=commit.
-known_releases="v0.1.0=6c065d8b838ea6ecea2361fc8783b8b3f097e15a"
+known_releases="v0.2.0=6ce1789f7d18a4202ddca272feed845ccf8e1051 v0.1.0=6c065d8b838ea6ecea2361fc8783b8b3f097e15a"
 if [ -z "$tag" ]; then
   for release in $known_releases; do
     if [ "${release%%=*}" != "$current" ] && git cat-file -e "${release#*=}^{commit}" 2>/dev/null; then

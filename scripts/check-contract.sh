@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the machine-readable bus contract: docs/asyncapi.yaml is a valid AsyncAPI document whose
 # $refs resolve (the schemas/ files included), and every schema in schemas/ is described in it.
-# (That schemas/ matches the code is a unit test: src/contract.rs.)
+# (That schemas/ matches the code is a unit test: src/contract/schema.rs.)
 #
 # The validator is @asyncapi/parser, the library @asyncapi/cli's `validate` runs, pinned and
 # installed from the npm registry into ~/.cache/jelou-bridge/ when missing. Not the CLI itself:

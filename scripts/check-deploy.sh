@@ -246,7 +246,20 @@ say "rabbitmq: committed files are generate.py's output"
 
 command -v rabbitmqctl >/dev/null 2>&1 || fail "rabbitmqctl missing"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Where a bridge started on port 0 listens, read back from its start line: the bridge binds
+# its own port; none is reserved here and released for another process to take first.
+bound_addr() { # pid log what
+  local i addr
+  for i in $(seq 1 150); do
+    addr="$(grep -m1 '"jelou-bridge starting"' "$2" 2>/dev/null \
+      | python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["http"])' 2>/dev/null)" \
+      && [ -n "$addr" ] && { echo "$addr"; return 0; }
+    kill -0 "$1" 2>/dev/null || { cat "$2" >&2; fail "$3: the bridge exited"; }
+    sleep 0.2
+  done
+  tail -n 20 "$2" >&2
+  fail "$3: the bridge did not say where it listens"
+}
 
 get() { # host:port path -> status line code
   local status
@@ -305,9 +318,9 @@ PY
   config="$scratch/none.toml"; : > "$config"
   [ "$defs" = definitions-sharded.json ] && config=deploy/rabbitmq/bridge-sharded.toml
   for declare in false true; do
-    listen="127.0.0.1:$(free_port)"
     log="$scratch/bridge-$declare.log"
-    start_bridge "$listen" "$config" "$declare" "$log"
+    start_bridge 127.0.0.1:0 "$config" "$declare" "$log"
+    listen="$(bound_addr "$pid" "$log" "$defs (declare_topology=$declare)")"
     wait_ready "$listen" "$pid" "$log" "$defs (declare_topology=$declare)"
     if [ "$defs" = definitions-sharded.json ] && [ "$declare" = true ]; then
       # The image's health check, as Docker would run it, on this bridge's port.

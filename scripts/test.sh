@@ -35,9 +35,9 @@ for required in tests/api tests/faults scripts/check-deploy.sh scripts/cluster.s
   [ -e "$required" ] || { echo "FAILED: $required is missing" >&2; exit 1; }
 done
 scripts/check-contract.sh  # docs/asyncapi.yaml valid and describing every schemas/ file (installs its validator)
-cargo test --locked --no-run --lib --bins --test api --test metrics --test faults
+cargo test --locked --workspace --no-run --lib --bins --test api --test metrics --test faults
 echo "== unit and integration tests (parallel) =="
-timeout --kill-after=10 900 cargo test --locked --lib --bins --test api --test metrics
+timeout --kill-after=10 900 cargo test --locked --workspace --lib --bins --test api --test metrics
 # The cluster fault tests stop nodes of a private 3-node cluster, apart from the broker on
 # 5672. They would start it themselves; starting it here keeps its first start (a minute on a
 # fresh machine) out of the tests' deadline and says plainly when it cannot start.
@@ -52,7 +52,7 @@ echo "== fault tests (kill -9, broker restarts, cluster node losses; one at a ti
 timeout --kill-after=10 1200 cargo test --locked --test faults -- --test-threads=1
 echo "== documentation: links and rustdoc =="
 python3 scripts/check-links.py
-RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
 echo "== deployment files =="
 scripts/check-deploy.sh
 echo "== smoke: the main job in sandbox mode =="

@@ -4,7 +4,14 @@
 //!
 //! Trace ids come from the OpenTelemetry SDK through `tracing-opentelemetry`, always, export
 //! or not: the ids the bridge puts on the bus and on Jelou calls must not depend on whether
-//! anyone collects the spans, nor on the log level (the trace layer has its own filter).
+//! anyone collects the spans, nor on the log level: the bridge's own spans are always on.
+//!
+//! What is recorded at all is decided by one global filter (`Recorded`: what `log.level`
+//! asks for, plus the bridge's spans). With per-layer filters alone, an event or a `log`
+//! record that every layer's filter turned down (rustls's and sqlx's, below `log.level`)
+//! left tracing-subscriber's per-thread filter state set, and the next event on that thread
+//! was dropped: the "jelou-bridge starting" line went missing at `log.level = "warn,…"`. A
+//! global filter that turns such an event down resets that state.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -15,8 +22,12 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
+use tracing::subscriber::Interest;
+use tracing::{span, Metadata, Subscriber};
 use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::Context;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -87,22 +98,83 @@ fn provider_builder(service_name: &str) -> opentelemetry_sdk::trace::TracerProvi
     SdkTracerProvider::builder().with_resource(resource)
 }
 
-/// The layer that turns the bridge's spans into OpenTelemetry spans. Its filter keeps the
-/// bridge's own spans at `info` whatever `log.level` says, since trace context rides on them.
-pub fn trace_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
+/// The layer that turns the bridge's spans into OpenTelemetry spans. Its own filter keeps it
+/// to the bridge's spans and events, at `info` and above, whatever `log.level` says (the
+/// global filter lets those spans through).
+fn trace_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
 where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    S: Subscriber + for<'a> LookupSpan<'a>,
 {
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("jelou-bridge"))
-        .with_filter(Targets::new().with_target("jelou_bridge", LevelFilter::INFO))
+        .with_filter(bridge_targets())
+}
+
+/// The bridge's own spans and events at `info` and above.
+fn bridge_targets() -> Targets {
+    Targets::new().with_target("jelou_bridge", LevelFilter::INFO)
+}
+
+/// The global filter: what `log.level` enables, and the bridge's spans whatever it says,
+/// since trace context rides on them. The log layer prints events only, so a span kept for
+/// the traces adds no log line (only its fields to the lines logged inside it).
+struct Recorded {
+    logs: EnvFilter,
+    spans: Targets,
+}
+
+impl Recorded {
+    fn bridge_span(&self, meta: &Metadata<'_>) -> bool {
+        meta.is_span() && self.spans.would_enable(meta.target(), meta.level())
+    }
+}
+
+impl<S> Layer<S> for Recorded
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if self.bridge_span(meta) {
+            return Interest::always();
+        }
+        Layer::<S>::register_callsite(&self.logs, meta)
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>, cx: Context<'_, S>) -> bool {
+        self.bridge_span(meta) || Layer::<S>::enabled(&self.logs, meta, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Layer::<S>::max_level_hint(&self.logs).map(|level| level.max(LevelFilter::INFO))
+    }
+
+    // `log.level` may name spans (`[delivery]=debug`): the filter follows them.
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, cx: Context<'_, S>) {
+        self.logs.on_new_span(attrs, id, cx)
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, cx: Context<'_, S>) {
+        self.logs.on_record(id, values, cx)
+    }
+
+    fn on_enter(&self, id: &span::Id, cx: Context<'_, S>) {
+        self.logs.on_enter(id, cx)
+    }
+
+    fn on_exit(&self, id: &span::Id, cx: Context<'_, S>) {
+        self.logs.on_exit(id, cx)
+    }
+
+    fn on_close(&self, id: span::Id, cx: Context<'_, S>) {
+        self.logs.on_close(id, cx)
+    }
 }
 
 /// Installs the global subscriber (logs and the trace layer) and returns the tracer
 /// provider to shut down at exit; a second call (tests) installs nothing.
 pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Tracing, TelemetryError> {
     let provider = tracer_provider(telemetry)?;
-    let filter = EnvFilter::try_from_default_env()
+    let logs = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match log.format {
@@ -118,12 +190,16 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Tracing,
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .with_filter(filter)
             .boxed()
     } else {
-        fmt.compact().with_filter(filter).boxed()
+        fmt.compact().boxed()
+    };
+    let recorded = Recorded {
+        logs,
+        spans: bridge_targets(),
     };
     let _ = tracing_subscriber::registry()
+        .with(recorded)
         .with(fmt)
         .with(trace_layer(&provider))
         .try_init();
@@ -136,7 +212,9 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Tracing,
 pub fn init_trace_context_only() {
     static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
     let provider = PROVIDER.get_or_init(|| provider_builder("jelou-bridge").build());
+    // A global filter in front, for the reason the module says.
     let _ = tracing_subscriber::registry()
+        .with(bridge_targets())
         .with(trace_layer(provider))
         .try_init();
 }

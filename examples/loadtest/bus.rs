@@ -8,25 +8,22 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use jelou_bridge::amqp::topology;
 use jelou_bridge::config::Settings;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 /// Unconfirmed publishes allowed at once while loading.
 const CONFIRM_WINDOW: usize = 2_000;
 
+/// A named connection to the broker at `url` (bounded: a broker that never answers fails the
+/// run instead of hanging it).
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
-    Connection::connect(
-        url,
-        ConnectionProperties::default().with_connection_name(name.to_string().into()),
-    )
-    .await
-    .with_context(|| {
-        format!("cannot connect to RabbitMQ at {url} (scripts/ensure-services.sh starts it)")
-    })
+    testkit::connect_to(url, name, Duration::from_secs(20))
+        .await
+        .with_context(|| {
+            format!("cannot connect to RabbitMQ at {url} (scripts/ensure-services.sh starts it)")
+        })
 }
 
 /// A confirm-mode channel.
@@ -49,40 +46,9 @@ pub async fn declare(channel: &Channel, settings: &Settings) -> anyhow::Result<(
 /// Deletes what [`declare`] made, so the shared broker is left as it was. On a connection of
 /// its own: the run's may have been closed by the error that ends it.
 pub async fn remove(url: &str, settings: &Settings) {
-    let Ok(conn) = connect(url, "loadtest cleanup").await else {
-        eprintln!(
-            "loadtest: could not connect to remove {}*",
-            settings.amqp.exchange
-        );
-        return;
-    };
-    let Ok(channel) = conn.create_channel().await else {
-        return;
-    };
-    let amqp = &settings.amqp;
-    let mut queues = vec![amqp.queue.clone(), amqp.dead_letter_queue()];
-    queues.extend(
-        settings
-            .retry
-            .delays
-            .iter()
-            .map(|d| topology::delay_queue(&amqp.queue, *d)),
-    );
-    for q in queues {
-        let _ = channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for ex in [
-        amqp.exchange.clone(),
-        amqp.events_exchange.clone(),
-        amqp.dead_letter_exchange(),
-    ] {
-        let _ = channel
-            .exchange_delete(ex.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-    let _ = conn.close(200, "done".into()).await;
+    testkit::Declared::by_bridge(settings)
+        .delete(&[url.to_string()])
+        .await;
 }
 
 /// A `ticket.opened` body; `phase` and `i` come back through [`ticket_key`].

@@ -2,12 +2,11 @@
 
 use std::fmt::Write;
 
-use crate::bridge_process::StoreKind;
-
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CaseReport {
     pub case: String,
-    pub store: StoreKind,
+    /// `sqlite` or `postgres`.
+    pub store: &'static str,
     pub jelou_latency_ms: u64,
     pub prefetch: u16,
     /// The backlog pre-loaded before the bridge started.
@@ -105,7 +104,7 @@ impl CaseReport {
         let ms = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
         format!(
             "| {} | {} ms | {} | {} | {:.0} | {} | {} | {} | {} | {} / {} | {:.0} | {:.1} |",
-            self.store.as_str(),
+            self.store,
             self.jelou_latency_ms,
             self.prefetch,
             self.tickets,

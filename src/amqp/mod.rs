@@ -1,5 +1,7 @@
 //! RabbitMQ: connecting ([`connection`]), the topology the bridge declares ([`topology`]),
-//! confirmed publishing ([`publisher`]) and the supervised consumer ([`consumer`]).
+//! confirmed publishing ([`publisher`]) and the supervised consumer ([`consumer`]); and the
+//! delivery side of every ticket event: a delivery read ([`inbound`], with the [`headers`]
+//! earlier passes wrote), and the decision carried out on the broker ([`settle`]).
 
 pub mod connection;
 pub mod consumer;

@@ -3,10 +3,10 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use jelou_bridge::jelou::mock::{MockJelou, MockOptions, Scripted};
+use jelou_bridge::jelou::mock::{MockOptions, Scripted};
 use serde_json::{json, Value};
 
-use crate::support::*;
+use testkit::*;
 
 fn bridge() -> Command {
     let mut cmd = clean_bridge_command();
@@ -78,16 +78,8 @@ struct BrokerUser {
 impl BrokerUser {
     fn create(password: &str) -> BrokerUser {
         let name = unique("jbt-user");
-        let ctl = |args: &[&str]| {
-            let status = Command::new("rabbitmqctl")
-                .args(args)
-                .stdout(Stdio::null())
-                .status()
-                .expect("rabbitmqctl runs");
-            assert!(status.success(), "rabbitmqctl {args:?}");
-        };
-        ctl(&["add_user", &name, password]);
-        ctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
+        rabbitmqctl(&["add_user", &name, password]);
+        rabbitmqctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
         BrokerUser { name }
     }
 }
@@ -107,27 +99,18 @@ async fn no_secret_reaches_a_log_line() {
     const AMQP_PW: &str = "pw-9f8e7d6c5b4a";
     const SIGNING: &str = "whsec-a1b2c3d4e5";
     let user = BrokerUser::create(AMQP_PW);
-    let mock = MockJelou::start(
-        "127.0.0.1:0".parse().unwrap(),
-        MockOptions {
-            api_key: Some(API_KEY_S.into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mock = start_stand_in(MockOptions {
+        api_key: Some(API_KEY_S.into()),
+        ..Default::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let name = unique("jbt-logs");
     let settings = test_settings(&name, &mock.base_url(), dir.path());
     let _topology = TopologyGuard(settings.clone());
     let mut bus = Bus::new(&settings).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = bridge_command(&settings)
-        .arg("run")
+    let mut cmd = bridge_command(&settings);
+    cmd.arg("run")
         .env(
             "JELOU_BRIDGE__AMQP__URL",
             format!("amqp://{}:{AMQP_PW}@127.0.0.1:5672/%2f", user.name),
@@ -136,17 +119,12 @@ async fn no_secret_reaches_a_log_line() {
         .env("JELOU_BRIDGE__JELOU__PROJECT_ID", PROJECT)
         .env("JELOU_BRIDGE__JELOU__API_KEY", API_KEY_S)
         .env("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", SIGNING)
-        .env("JELOU_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("JELOU_BRIDGE__LOG__FORMAT", "json")
         .env("JELOU_BRIDGE__LOG__LEVEL", "debug")
-        .env("JELOU_BRIDGE__RETRY__MIN_DELAY", "10ms")
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .env("JELOU_BRIDGE__RETRY__MIN_DELAY", "10ms");
+    let child = BridgeProcess::start(cmd, dir.path()).await.unwrap();
     let http = reqwest::Client::new();
-    wait_until_ready(&format!("http://127.0.0.1:{port}"), Duration::from_secs(20)).await;
+    child.wait_ready(Duration::from_secs(20)).await;
     // A success, a rejection, a retry, bad input and a badly signed webhook: every path logs.
     bus.publish_json(
         "ticket.opened",
@@ -164,7 +142,7 @@ async fn no_secret_reaches_a_log_line() {
         .await;
     bus.expect(2, Duration::from_secs(15)).await;
     let hook = http
-        .post(format!("http://127.0.0.1:{port}/webhooks/jelou"))
+        .post(format!("{}/webhooks/jelou", child.http))
         .header("x-jelou-signature", "sha256=00")
         .body("{}")
         .send()
@@ -172,24 +150,17 @@ async fn no_secret_reaches_a_log_line() {
         .unwrap();
     assert_eq!(hook.status(), 401);
 
-    nix_kill(child.id().unwrap(), "TERM");
-    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "graceful exit on SIGTERM");
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let status = child.stop(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM");
+    let (stdout, stderr) = (child.stdout(), child.log());
+    let logs = format!("{stdout}{stderr}");
     assert!(logs.lines().count() > 5, "logs were captured:\n{logs}");
     for secret in [API_KEY_S, AMQP_PW, SIGNING] {
         assert!(!logs.contains(secret), "secret {secret} found in logs");
     }
     // Production format: one JSON object per line; lines about a ticket name it.
     let mut about_ticket = 0;
-    for line in String::from_utf8_lossy(&out.stderr).lines() {
+    for line in stderr.lines() {
         let v: Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         if v["message"] == "conversation started" {
@@ -204,14 +175,6 @@ async fn no_secret_reaches_a_log_line() {
         }
     }
     assert_eq!(about_ticket, 1);
-}
-
-fn nix_kill(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[test]
@@ -247,4 +210,28 @@ fn schemas_writes_every_bus_messages_schema_as_committed() {
         );
     }
     assert!(names.contains(&"ticket.reply.schema.json".to_string()));
+}
+
+/// Quiet logs keep the lines they ask for. A PostgreSQL store that is already migrated makes
+/// the driver report a notice (below `warn`, so turned down); that once made the bridge's
+/// next line, its start line, disappear too (tracing-subscriber's per-layer filter state).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_log_level_still_logs_the_start_line_after_library_logs_it_turned_down() {
+    let pg = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&unique("jbt-quiet"), "http://127.0.0.1:9", dir.path());
+    settings.store.url = secrecy::SecretString::from(pg.url.clone());
+    let _topology = TopologyGuard(settings.clone());
+    // The first run migrates; the second finds the store migrated and gets the notice.
+    for run in ["migrating", "already migrated"] {
+        let mut cmd = bridge_command(&settings);
+        cmd.args(["run", "--sandbox"])
+            .env("JELOU_BRIDGE__LOG__LEVEL", "warn,jelou_bridge::app=info");
+        let child = BridgeProcess::start(cmd, dir.path())
+            .await
+            .unwrap_or_else(|e| panic!("{run}: {e}"));
+        child.stop(Duration::from_secs(10)).await.unwrap();
+        let log = child.log();
+        assert!(log.contains("jelou-bridge stopped"), "{run}: {log}");
+    }
 }

@@ -12,7 +12,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::support::*;
+use testkit::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -88,7 +88,7 @@ struct StoreOutage {
 
 impl StoreOutage {
     async fn begin(pg: &PgDatabase) -> StoreOutage {
-        let name = pg.url.rsplit('/').next().unwrap().to_string();
+        let name = pg.name().to_string();
         admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
         admin(&format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
@@ -107,10 +107,7 @@ impl StoreOutage {
 }
 
 async fn admin(sql: &str) {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(&pg_url()).await.unwrap();
-    sqlx::query(sql).execute(&mut conn).await.unwrap();
-    let _ = conn.close().await;
+    pg_admin(&pg_url(), sql).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

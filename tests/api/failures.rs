@@ -7,7 +7,7 @@ use jelou_bridge::jelou::Endpoint;
 use lapin::BasicProperties;
 use serde_json::json;
 
-use crate::support::*;
+use testkit::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::*;
+use testkit::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 const SECRET: &str = "whsec-health-77";
@@ -189,11 +189,7 @@ async fn readyz_follows_the_broker_connection_and_webhooks_wait_for_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bridge_whose_broker_cannot_be_reached_is_never_ready() {
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unused_port();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&unique("jbt-nobroker"), "http://127.0.0.1:1", dir.path());
     settings.amqp.url = SecretString::from(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));

@@ -9,7 +9,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::*;
+use testkit::*;
 
 /// Reads what the server sends until it closes (or `within` passes: None).
 async fn until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {

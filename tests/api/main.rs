@@ -1,9 +1,6 @@
 //! Integration tests against a real RabbitMQ and a real HTTP stand-in for Jelou. Every test
 //! has its own exchanges, queues and store, so they run in parallel.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod cli;
 mod commands;
 mod evidence;

@@ -4,22 +4,13 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use jelou_bridge::jelou::Endpoint;
 use serde_json::{json, Value};
-use sha2::Sha256;
 
-use crate::support::*;
+use testkit::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 const QUIET: Duration = Duration::from_millis(700);
-
-/// `sha256=<hex>` computed here, independently of the bridge's code.
-fn signature(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SIGNING_SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
 
 async fn spawn_signed() -> TestApp {
     let app = spawn_app_with(signed).await;
@@ -116,7 +107,10 @@ async fn each_kind_of_customer_message_as_jelou_sends_it_reaches_the_bus_once() 
             let status = reqwest::Client::new()
                 .post(format!("{}/webhooks/jelou", app.http))
                 .header("content-type", "application/json")
-                .header("X-Jelou-Signature", signature(body.as_bytes()))
+                .header(
+                    "X-Jelou-Signature",
+                    signature(SIGNING_SECRET, body.as_bytes()),
+                )
                 .body(body.clone())
                 .send()
                 .await
@@ -165,7 +159,7 @@ async fn a_reply_goes_out_signed_into_the_conversations_room_once_per_message_id
         call.headers
             .get("x-jelou-signature")
             .and_then(|v| v.to_str().ok()),
-        Some(signature(raw).as_str())
+        Some(signature(SIGNING_SECRET, raw).as_str())
     );
     assert!(call.headers.get("x-api-key").is_none());
     assert!(

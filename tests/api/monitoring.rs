@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::support::*;
+use testkit::*;
 
 /// Every `jelou_bridge_…` name in `text`, with a histogram's series suffixes taken off.
 fn metric_names(text: &str) -> BTreeSet<String> {

@@ -8,7 +8,7 @@ use jelou_bridge::jelou::Endpoint;
 use jelou_bridge::store::{Store, TicketState};
 use serde_json::json;
 
-use crate::support::*;
+use testkit::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 const QUIET: Duration = Duration::from_millis(700);

@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use jelou_bridge::jelou::mock::Scripted;
+use jelou_bridge::jelou::Endpoint;
 use serde_json::{json, Value};
 
-use crate::support::*;
+use testkit::*;
 
 async fn readyz(app: &TestApp) -> Value {
     reqwest::get(format!("{}/readyz", app.http))
@@ -100,7 +101,7 @@ async fn a_retry_after_holds_every_call_not_only_the_one_that_got_it() {
         inside.iter().take(5).collect::<Vec<_>>()
     );
     assert_eq!(
-        start_calls_per_ticket(&app.mock).len(),
+        calls_per_ticket(&app.mock, Endpoint::Start).len(),
         TICKETS,
         "every ticket started"
     );

@@ -1,39 +1,17 @@
 //! The webhook's replay window: old (or far-future) signed events refused, fresh ones
 //! accepted, repeats recognised by Jelou's own ids, and the dedupe table pruned.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use jelou_bridge::config::Settings;
-use jelou_bridge::store::Store;
+use jelou_bridge::store::{now_ms, Store};
 use secrecy::SecretString;
 use serde_json::{json, Value};
-use sha2::Sha256;
 
-use crate::support::*;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use testkit::*;
 
 async fn post(app: &TestApp, body: &Value) -> (u16, Value) {
-    let body = body.to_string();
-    let mut mac = Hmac::<Sha256>::new_from_slice(SIGNING_SECRET.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let resp = reqwest::Client::new()
-        .post(format!("{}/webhooks/jelou", app.http))
-        .header("content-type", "application/json")
-        .header("X-Jelou-Signature", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    post_webhook(&app.http, SIGNING_SECRET, body).await
 }
 
 fn close_event(conversation: &str, timestamp: i64) -> Value {

@@ -3,24 +3,16 @@
 //! naming `store.url`, exit 2, instead of misreading rows. (The upgrade itself, from the
 //! previous release's binary, is in `tests/faults/upgrade.rs`.)
 
-use std::time::Duration;
-
 use jelou_bridge::config::Settings;
 use jelou_bridge::store::Store;
 use secrecy::ExposeSecret;
 
-use crate::support::*;
+use testkit::*;
 
 /// A migration no release of this binary knows: what a newer release leaves in the store.
 const FUTURE: i64 = 29991231000001;
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn jelou_bridge(settings: &Settings, args: &[&str]) -> Out {
+async fn jelou_bridge(settings: &Settings, args: &[&str]) -> Ran {
     let mut cmd = bridge_command(settings);
     cmd.env("JELOU_BRIDGE__JELOU__PROJECT_ID", PROJECT)
         .env("JELOU_BRIDGE__JELOU__API_KEY", API_KEY)
@@ -31,20 +23,7 @@ async fn jelou_bridge(settings: &Settings, args: &[&str]) -> Out {
         .env("JELOU_BRIDGE__LOG__LEVEL", "warn")
         .current_dir(std::env::temp_dir())
         .args(args);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("jelou-bridge {args:?} did not finish within 60s"))
-        .unwrap();
-    let out = Out {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    };
-    println!(
-        "$ jelou-bridge {args:?}\n[exit {:?}]\n{}{}",
-        out.code, out.stdout, out.stderr
-    );
-    out
+    run_to_end(cmd, &args.join(" ")).await
 }
 
 fn store_probe_line(stdout: &str) -> String {

@@ -3,18 +3,16 @@
 //! bridge processes that share one PostgreSQL store.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use jelou_bridge::jelou::mock::{MockJelou, MockOptions};
+use jelou_bridge::jelou::mock::MockJelou;
 use jelou_bridge::jelou::Endpoint;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use crate::support::*;
+use testkit::*;
 
 const SHARDS: usize = 6;
 const REPLICAS: usize = 3;
@@ -24,99 +22,26 @@ const TICKETS: usize = 1000;
 /// flight at once.
 const LAG: usize = 7;
 
-/// One `jelou-bridge run` child process.
-struct Replica {
-    child: tokio::process::Child,
-    http: String,
-    log: PathBuf,
+/// Starts replica `index` of the sharded topology as a `jelou-bridge run` child process.
+async fn replica(vars: &[(String, String)], index: usize, dir: &std::path::Path) -> BridgeProcess {
+    let mut cmd = clean_bridge_command();
+    cmd.arg("run")
+        .envs(vars.iter().cloned())
+        .env("JELOU_BRIDGE__AMQP__REPLICA_INDEX", index.to_string())
+        .env("JELOU_BRIDGE__LOG__LEVEL", "warn");
+    let replica = BridgeProcess::start(cmd, dir).await.unwrap();
+    replica.wait_ready(Duration::from_secs(60)).await;
+    replica
 }
 
-impl Replica {
-    fn spawn(vars: &[(String, String)], index: usize, dir: &std::path::Path) -> Replica {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = dir.join(format!("replica-{index}.log"));
-        let mut cmd = tokio::process::Command::from(clean_bridge_command());
-        let child = cmd
-            .arg("run")
-            .envs(vars.iter().cloned())
-            .env("JELOU_BRIDGE__AMQP__REPLICA_INDEX", index.to_string())
-            .env("JELOU_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-            .env("JELOU_BRIDGE__LOG__FORMAT", "json")
-            .env("JELOU_BRIDGE__LOG__LEVEL", "warn")
-            .env_remove("RUST_LOG")
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        Replica {
-            child,
-            http: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    async fn wait_ready(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let http = reqwest::Client::new();
-        loop {
-            if let Ok(r) = http.get(format!("{}/readyz", self.http)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("replica exited with {status}: {}", self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica not ready: {}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The sum of the samples of `metric` whose labels contain one of `labels`.
-    async fn metric(&self, metric: &str, labels: &[&str]) -> u64 {
-        scrape_metric(&self.http, metric, labels).await as u64
-    }
-
-    /// Ticket events this replica settled with a result.
-    async fn events_done(&self) -> u64 {
-        self.metric(
+/// Ticket events `replica` settled with a result.
+async fn events_done(replica: &BridgeProcess) -> u64 {
+    replica
+        .metric(
             "jelou_bridge_ticket_events_total",
             &["outcome=\"started\"", "outcome=\"closed\""],
         )
-        .await
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, and the exit code of the graceful shutdown.
-    async fn stop(mut self) -> Option<i32> {
-        signal(self.child.id().unwrap(), "TERM");
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("replica stops within 30s of SIGTERM")
-            .unwrap()
-            .code()
-    }
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+        .await as u64
 }
 
 /// A ticket event as the helpdesk sends it in the sharded topology: the ticket id also in
@@ -218,15 +143,7 @@ fn assert_jelou_saw_each_ticket_in_order(mock: &MockJelou, tickets: &[String]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn three_replicas_on_the_sharded_topology_keep_each_tickets_order() {
     let db = PgDatabase::create().await;
-    let mock = MockJelou::start(
-        "127.0.0.1:0".parse().unwrap(),
-        MockOptions {
-            api_key: Some(API_KEY.into()),
-            ..MockOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mock = start_stand_in(stand_in_options()).await;
     let dir = tempfile::tempdir().unwrap();
     let name = unique("jbt-shard");
     let mut settings = test_settings(&name, &mock.base_url(), dir.path());
@@ -252,17 +169,14 @@ async fn three_replicas_on_the_sharded_topology_keep_each_tickets_order() {
     .into_iter()
     .map(|(k, v)| (format!("JELOU_BRIDGE__{k}"), v))
     .collect();
-    let mut replicas: Vec<Replica> = (0..REPLICAS)
-        .map(|i| Replica::spawn(&vars, i, dir.path()))
-        .collect();
-    for r in &mut replicas {
-        r.wait_ready(Duration::from_secs(60)).await;
+    let mut replicas = Vec::new();
+    for i in 0..REPLICAS {
+        replicas.push(replica(&vars, i, dir.path()).await);
     }
     // A fourth process with replica 0's share: it waits as the standby of replica 0's queues.
-    let mut standby = Replica::spawn(&vars, REPLICAS, dir.path());
-    standby.wait_ready(Duration::from_secs(60)).await;
+    let standby = replica(&vars, REPLICAS, dir.path()).await;
     assert_eq!(
-        standby.metric("jelou_bridge_subscribed_queues", &[]).await,
+        standby.metric("jelou_bridge_subscribed_queues", &[]).await as u64,
         (SHARDS / REPLICAS) as u64,
         "the standby is subscribed to replica 0's queues"
     );
@@ -275,7 +189,7 @@ async fn three_replicas_on_the_sharded_topology_keep_each_tickets_order() {
     // Each replica took its share (two of the six shards); the standby took none.
     let mut done = Vec::new();
     for r in &replicas {
-        done.push(r.events_done().await);
+        done.push(events_done(r).await);
     }
     eprintln!("events per replica: {done:?}");
     assert_eq!(done.iter().sum::<u64>(), 2 * TICKETS as u64, "{done:?}");
@@ -287,15 +201,13 @@ async fn three_replicas_on_the_sharded_topology_keep_each_tickets_order() {
         );
     }
     assert_eq!(
-        standby.events_done().await,
+        events_done(&standby).await,
         0,
         "one active consumer per queue"
     );
 
     // Replica 0 killed outright: its standby takes its queues over, order still kept.
-    let killed = replicas.remove(0);
-    signal(killed.child.id().unwrap(), "KILL");
-    drop(killed);
+    replicas.remove(0).kill9();
     let more: Vec<String> = (TICKETS..TICKETS + 100)
         .map(|i| format!("T-{i:04}"))
         .collect();
@@ -303,10 +215,10 @@ async fn three_replicas_on_the_sharded_topology_keep_each_tickets_order() {
     expect_started_then_closed(&mut bus, &more).await;
     let all: Vec<String> = tickets.iter().chain(&more).cloned().collect();
     assert_jelou_saw_each_ticket_in_order(&mock, &all);
-    assert!(standby.events_done().await > 0, "the standby took over");
+    assert!(events_done(&standby).await > 0, "the standby took over");
 
     for r in replicas.into_iter().chain([standby]) {
-        let logs = r.logs();
-        assert_eq!(r.stop().await, Some(0), "graceful exit: {logs}");
+        let status = r.stop(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(status.code(), Some(0), "graceful exit: {}", r.log());
     }
 }

@@ -8,7 +8,7 @@ use lapin::BasicProperties;
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::support::*;
+use testkit::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 

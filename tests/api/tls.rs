@@ -23,7 +23,7 @@ use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::*;
+use testkit::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -317,11 +317,7 @@ async fn a_broker_that_wants_a_client_certificate_gets_the_configured_one() {
 async fn the_tls_settings_apply_to_every_failover_node() {
     let pki = Pki::generate();
     let proxy = TlsProxy::start(pki.server_config(true)).await;
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed_port = unused_port();
     let (url, ca, cert, key) = (
         proxy.url(),
         pki.path("ca.pem"),

@@ -4,17 +4,16 @@
 //! with `telemetry.otlp_endpoint` the spans reach a collector chained from the helpdesk's span
 //! to the Jelou call.
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jelou_bridge::jelou::mock::{MockJelou, MockOptions, Scripted};
+use jelou_bridge::jelou::mock::Scripted;
 use jelou_bridge::jelou::Endpoint;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 
-use crate::support::*;
+use testkit::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -274,18 +273,14 @@ async fn jelou_webhooks_and_tickets_show_carry_the_tickets_trace() {
     assert_eq!(parts(&tp).0, TRACE);
 
     // The operator asks where the ticket is: RFC 3339 times and the trace id.
-    let out = bridge_command(&app.settings)
-        .args(["tickets", "show", "T-TRHOOK"])
-        .current_dir(std::env::temp_dir())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tickets = |args: &[&str]| {
+        let mut cmd = bridge_command(&app.settings);
+        cmd.args(args).current_dir(std::env::temp_dir());
+        cmd
+    };
+    let out = run_to_end(tickets(&["tickets", "show", "T-TRHOOK"]), "tickets show").await;
+    out.assert_code(0);
+    let record: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(record["traceId"], TRACE);
     for key in ["createdAt", "updatedAt"] {
         let at = record[key]
@@ -296,13 +291,9 @@ async fn jelou_webhooks_and_tickets_show_carry_the_tickets_trace() {
             "{key} is RFC 3339 UTC: {at}"
         );
     }
-    let out = bridge_command(&app.settings)
-        .args(["tickets", "list"])
-        .current_dir(std::env::temp_dir())
-        .output()
+    let stdout = run_to_end(tickets(&["tickets", "list"]), "tickets list")
         .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        .stdout;
     let row = stdout
         .lines()
         .find(|l| l.starts_with("T-TRHOOK "))
@@ -365,41 +356,23 @@ async fn otlp_receiver() -> (String, Received, tokio::task::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn spans_are_exported_over_otlp_chained_from_the_helpdesk_to_the_jelou_call() {
     let (collector, received, receiver) = otlp_receiver().await;
-    let mock = MockJelou::start(
-        "127.0.0.1:0".parse().unwrap(),
-        MockOptions {
-            api_key: Some(API_KEY.into()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mock = start_stand_in(stand_in_options()).await;
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(&unique("jbt-otlp"), &mock.base_url(), dir.path());
     let _topology = TopologyGuard(settings.clone());
     let mut bus = Bus::new(&settings).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = bridge_command(&settings)
-        .arg("run")
+    let mut cmd = bridge_command(&settings);
+    cmd.arg("run")
         .env("JELOU_BRIDGE__JELOU__BASE_URL", mock.base_url())
         .env("JELOU_BRIDGE__JELOU__PROJECT_ID", PROJECT)
         .env("JELOU_BRIDGE__JELOU__API_KEY", API_KEY)
-        .env("JELOU_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("JELOU_BRIDGE__LOG__LEVEL", "warn")
         .env("JELOU_BRIDGE__TELEMETRY__OTLP_ENDPOINT", &collector)
         .env("JELOU_BRIDGE__TELEMETRY__SERVICE_NAME", "jb-test-bridge")
         // Export within a fraction of a second rather than the 5 s default.
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    wait_until_ready(&format!("http://127.0.0.1:{port}"), Duration::from_secs(20)).await;
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+    let child = BridgeProcess::start(cmd, dir.path()).await.unwrap();
+    child.wait_ready(Duration::from_secs(20)).await;
     let body = json!({"ticketId": "T-OTLP", "userId": "U-O", "botId": "B"});
     bus.publish("ticket.opened", body.to_string().as_bytes(), traced(None))
         .await;
@@ -452,9 +425,6 @@ async fn spans_are_exported_over_otlp_chained_from_the_helpdesk_to_the_jelou_cal
     let (_, sent_span, _) = parts(header(&sent, "traceparent").unwrap());
     assert_eq!(sent_span, hex(&call.span_id));
 
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status();
-    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    let _ = child.stop(Duration::from_secs(20)).await;
     receiver.abort();
 }

@@ -2,56 +2,23 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use jelou_bridge::jelou::Endpoint;
 use secrecy::SecretString;
 use serde_json::{json, Value};
-use sha2::Sha256;
 
-use crate::support::*;
+use testkit::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 const QUIET: Duration = Duration::from_millis(700);
-const SECRET: &str = "whsec-test-5d1c";
-
-/// `sha256=<hex>` computed here, independently of the bridge's own code.
-fn signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
+const SECRET: &str = SIGNING_SECRET;
 
 async fn spawn_signed_app() -> TestApp {
     spawn_app_with(|s, _| s.webhook.signing_secret = Some(SecretString::from(SECRET))).await
 }
 
-/// Posts `body` to the webhook with `signature` (if any); the status and the JSON answer.
-async fn post(http: &str, body: &[u8], signature: Option<&str>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .post(format!("{http}/webhooks/jelou"))
-        .header("content-type", "application/json")
-        .body(body.to_vec());
-    if let Some(sig) = signature {
-        req = req.header("X-Jelou-Signature", sig);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 /// Posts `event` signed with the test's secret, as Jelou does.
 async fn post_signed(http: &str, event: &Value) -> (u16, Value) {
-    let body = event.to_string();
-    post(
-        http,
-        body.as_bytes(),
-        Some(&signature(SECRET, body.as_bytes())),
-    )
-    .await
+    post_webhook(http, SECRET, event).await
 }
 
 /// A lifecycle event shaped like Jelou's.
@@ -243,7 +210,7 @@ async fn unsigned_or_badly_signed_requests_get_401_and_publish_nothing() {
         ("not hex", Some("sha256=zzzz".into())),
     ];
     for (case, sig) in &cases {
-        let (status, answer) = post(&app.http, body.as_bytes(), sig.as_deref()).await;
+        let (status, answer) = post_raw(&app.http, body.as_bytes(), sig.as_deref()).await;
         assert_eq!(status, 401, "{case}: {answer}");
         assert_eq!(answer["error"], "bad_signature", "{case}: {answer}");
     }
@@ -251,7 +218,7 @@ async fn unsigned_or_badly_signed_requests_get_401_and_publish_nothing() {
 
     // The same body, correctly signed, is accepted: the refusals were about the signature,
     // and none of them was remembered as a delivery.
-    let (status, answer) = post(
+    let (status, answer) = post_raw(
         &app.http,
         body.as_bytes(),
         Some(&signature(SECRET, body.as_bytes())),
@@ -275,7 +242,7 @@ async fn unreadable_bodies_get_400_and_unknown_kinds_200_without_a_publish() {
 
     for (body, detail_mentions) in [("{not json", "not JSON"), ("[1, 2]", "JSON object")] {
         let (body, sig) = signed(body);
-        let (status, answer) = post(&app.http, body.as_bytes(), Some(&sig)).await;
+        let (status, answer) = post_raw(&app.http, body.as_bytes(), Some(&sig)).await;
         assert_eq!(status, 400, "{body}: {answer}");
         assert_eq!(answer["error"], "invalid", "{body}: {answer}");
         let detail = answer["detail"].as_str().unwrap_or_default();
@@ -295,7 +262,7 @@ async fn unreadable_bodies_get_400_and_unknown_kinds_200_without_a_publish() {
         r#"{"field": "statuses", "object": "message_event", "event_type": "read"}"#,
     ] {
         let (body, sig) = signed(body);
-        let (status, answer) = post(&app.http, body.as_bytes(), Some(&sig)).await;
+        let (status, answer) = post_raw(&app.http, body.as_bytes(), Some(&sig)).await;
         assert_eq!(status, 200, "{body}: {answer}");
         assert_eq!(answer["status"], "ignored", "{body}: {answer}");
     }
@@ -343,7 +310,7 @@ async fn without_a_signing_secret_nothing_is_accepted() {
         Some(signature("", body.as_bytes())),
         Some(signature(SECRET, body.as_bytes())),
     ] {
-        let (status, answer) = post(&app.http, body.as_bytes(), sig.as_deref()).await;
+        let (status, answer) = post_raw(&app.http, body.as_bytes(), sig.as_deref()).await;
         assert_eq!(status, 503, "{answer}");
         assert_eq!(answer["error"], "not_configured", "{answer}");
         assert!(
@@ -363,33 +330,16 @@ async fn webhook_log_lines_name_the_ticket_and_the_correlation_id() {
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(&unique("jbt-whlog"), "http://127.0.0.1:1", dir.path());
     let _topology = TopologyGuard(settings.clone());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let http = format!("http://127.0.0.1:{port}");
-    let child = bridge_command(&settings)
-        .args(["run", "--sandbox"])
-        .env("JELOU_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+    let mut cmd = bridge_command(&settings);
+    cmd.args(["run", "--sandbox"])
         .env("JELOU_BRIDGE__WEBHOOK__SIGNING_SECRET", SECRET)
         // The fixture's timestamp is fixed, and older than the default replay window.
         .env("JELOU_BRIDGE__WEBHOOK__MAX_AGE", "876000h")
         .env("JELOU_BRIDGE__LOG__FORMAT", "json")
-        .env("JELOU_BRIDGE__LOG__LEVEL", "info")
-        .current_dir(dir.path())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while reqwest::get(format!("{http}/readyz"))
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(std::time::Instant::now() < deadline, "bridge not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .env("JELOU_BRIDGE__LOG__LEVEL", "info");
+    let child = BridgeProcess::start(cmd, dir.path()).await.unwrap();
+    child.wait_ready(WAIT).await;
+    let http = child.http.clone();
     let start = lifecycle(
         "conversation.start",
         "conv-whlog-1",
@@ -398,16 +348,9 @@ async fn webhook_log_lines_name_the_ticket_and_the_correlation_id() {
     );
     assert_eq!(post_signed(&http, &start).await.0, 200);
 
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
+    let status = child.stop(WAIT).await.expect("stops on SIGTERM");
     assert!(status.success());
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .expect("stops on SIGTERM")
-        .unwrap();
-    let logs = String::from_utf8_lossy(&out.stderr);
+    let logs = child.log();
     let line = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

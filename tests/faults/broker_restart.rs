@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use crate::harness::*;
+use crate::observer::*;
+use testkit::*;
 
 const TICKETS: usize = 400;
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 use jelou_bridge::jelou::mock::MockOptions;
 
 use crate::harness::*;
+use crate::observer::*;
+use testkit::*;
 
 const TICKETS: usize = 2000;
 /// A ticket's resolve is published this many opens after its own open.

@@ -7,12 +7,14 @@ use jelou_bridge::jelou::Endpoint;
 use jelou_bridge::store::TicketState;
 
 use crate::harness::*;
+use crate::observer::*;
+use testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_between_jelous_close_and_the_store_write_still_ends_closed() {
     let scenario = Scenario::new(StoreKind::Sqlite, Duration::ZERO, &[]).await;
     let observer = Observer::start(&scenario).await;
-    let mut first = scenario.start_bridge().await;
+    let first = scenario.start_bridge().await;
     let helpdesk = Helpdesk::connect(&scenario).await;
     helpdesk.publish_all([opened(0), opened(1)]).await;
     let started = observer.wait_all_started(2).await;

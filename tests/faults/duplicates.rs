@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use crate::harness::*;
+use crate::observer::*;
+use testkit::*;
 
 const TICKETS: usize = 50;
 

@@ -1,39 +1,25 @@
-//! What the fault scenarios share: the real `jelou-bridge` binary as a child process
-//! ([`BridgeProcess`]), a [`Scenario`] (unique names, a stand-in for Jelou, a store, the
-//! environment every process of the scenario gets), the helpdesk's side of the bus
-//! ([`Helpdesk`]), an [`Observer`] of the events exchange that survives broker restarts, and
-//! per-ticket tallies of what came out ([`Tally`]).
+//! What the fault scenarios share beyond the test kit: a [`Scenario`] (unique names, a
+//! stand-in for Jelou, a store, the environment every bridge process of the scenario gets),
+//! the helpdesk's side of the bus ([`Helpdesk`]), the ticket events they publish, what
+//! Jelou must have been asked, and a stopped broker ([`BrokerStopped`]).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
 
-use futures_util::StreamExt;
-use jelou_bridge::jelou::mock::{MockJelou, MockOptions, RecordedCall};
+use jelou_bridge::jelou::mock::{MockJelou, MockOptions};
 use jelou_bridge::jelou::Endpoint;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::ConfirmSelectOptions;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
-
-use crate::support::{
-    amqp_url, clean_bridge_command, ready_messages, scrape_metric, unique, PgDatabase, Seen,
-    API_KEY, PROJECT,
+use testkit::{
+    amqp_url, bridge_bin, calls_per_ticket, clean_bridge_command, clean_command, connect_any,
+    depth_on, pg_url, rabbitmqctl, stand_in_options, start_stand_in, unique, BridgeProcess,
+    Declared, StoreKind, TestStore, API_KEY, PROJECT,
 };
 
-/// A broker connection, or a failed test when the broker does not answer in time (a broker
-/// that accepts TCP but never completes the handshake would otherwise hang the test).
-pub async fn connect() -> Connection {
-    tokio::time::timeout(Duration::from_secs(20), crate::support::connect())
-        .await
-        .expect("the broker completes a connection within 20s")
-}
+use crate::observer::Observer;
 
 /// The lock of the fault tests that stop a broker (the main one or a node of the private
 /// cluster): held from the stop until the broker is back, so that no two of them overlap even
@@ -42,31 +28,6 @@ pub async fn connect() -> Connection {
 pub async fn broker_lock() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
-}
-
-/// A connection to the first of `urls` that answers within 10 s, or the last error: a
-/// cluster's clients move to another node when theirs is gone.
-pub async fn connect_any(urls: &[String]) -> lapin::Result<Connection> {
-    let mut last = lapin::Error::from(std::io::Error::from(std::io::ErrorKind::NotFound));
-    for url in urls {
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            Connection::connect(url, Default::default()),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
-        }
-    }
-    Err(last)
-}
-
-/// Where a scenario's ticket store lives.
-pub enum StoreKind {
-    Sqlite,
-    Postgres,
 }
 
 /// One fault scenario: its names on the broker, its stand-in for Jelou, its store, and the
@@ -84,7 +45,7 @@ pub struct Scenario {
     pub shards: Vec<String>,
     env: Vec<(String, String)>,
     delays: Vec<String>,
-    _pg: Option<PgDatabase>,
+    _store: TestStore,
 }
 
 impl Scenario {
@@ -126,25 +87,14 @@ impl Scenario {
     ) -> Scenario {
         let name = unique("jbt-fault");
         let dir = tempfile::tempdir().unwrap();
-        let mock = MockJelou::start(
-            "127.0.0.1:0".parse().unwrap(),
-            MockOptions {
-                api_key: Some(API_KEY.into()),
-                ..mock
-            },
-        )
-        .await
-        .unwrap();
-        let (store_url, pg) = match store {
-            StoreKind::Sqlite => (
-                format!("sqlite://{}", dir.path().join("store.db").display()),
-                None,
-            ),
-            StoreKind::Postgres => {
-                let pg = PgDatabase::create().await;
-                (pg.url.clone(), Some(pg))
-            }
-        };
+        let mock = start_stand_in(MockOptions {
+            api_key: stand_in_options().api_key,
+            ..mock
+        })
+        .await;
+        let store = TestStore::create(store, dir.path(), &pg_url())
+            .await
+            .expect("the scenario's store");
         let queue = format!("{name}.tickets");
         let exchange = format!("{name}.helpdesk");
         let events_exchange = format!("{name}.events");
@@ -162,7 +112,7 @@ impl Scenario {
             ("RETRY__MIN_DELAY", "20ms".into()),
             ("RETRY__MAX_DELAY", "200ms".into()),
             ("RETRY__DELAYS", "1s,2s".into()),
-            ("STORE__URL", store_url),
+            ("STORE__URL", store.url.clone()),
             ("STORE__LEASE", "2s".into()),
             ("SHUTDOWN__GRACE", "10s".into()),
             ("LOG__FORMAT", "json".into()),
@@ -192,7 +142,7 @@ impl Scenario {
                 .map(|(k, v)| (format!("JELOU_BRIDGE__{k}"), v))
                 .collect(),
             delays,
-            _pg: pg,
+            _store: store,
         }
     }
 
@@ -241,14 +191,9 @@ impl Scenario {
 
     /// Starts replica `index` of the sharded topology and waits until it is ready.
     pub async fn start_replica(&self, index: usize) -> BridgeProcess {
-        let mut env = self.env.clone();
-        env.push((
-            "JELOU_BRIDGE__AMQP__REPLICA_INDEX".into(),
-            index.to_string(),
-        ));
-        let bridge = BridgeProcess::spawn(&env, self.dir.path()).await;
-        bridge.wait_ready(Duration::from_secs(30)).await;
-        bridge
+        let mut cmd = clean_bridge_command();
+        cmd.env("JELOU_BRIDGE__AMQP__REPLICA_INDEX", index.to_string());
+        self.launch(cmd).await
     }
 
     /// Whether the scenario runs on several nodes: its observer queue is then a quorum queue,
@@ -259,36 +204,37 @@ impl Scenario {
 
     /// Ready messages in `queue`, on the scenario's broker.
     pub async fn depth(&self, queue: &str) -> u32 {
-        let conn = tokio::time::timeout(Duration::from_secs(30), connect_any(&self.urls))
-            .await
-            .expect("a broker node answers within 30s")
-            .expect("a broker node takes a connection");
-        let ch = conn.create_channel().await.unwrap();
-        let n = ready_messages(&ch, queue)
-            .await
-            .unwrap_or_else(|e| panic!("queue {queue} exists: {e}"));
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "done".into())).await;
-        n
+        depth_on(&self.urls, queue).await
     }
 
-    /// Starts a bridge process of this scenario under `wrapper` and waits until it is ready.
+    /// Starts a bridge process of this scenario under `wrapper` (say `faketime -f +30s`) and
+    /// waits until it is ready.
     pub async fn start_bridge_under(&self, wrapper: &[&str]) -> BridgeProcess {
-        let bridge = BridgeProcess::spawn_under(wrapper, &self.env, self.dir.path()).await;
-        bridge.wait_ready(Duration::from_secs(30)).await;
-        bridge
+        let Some((program, args)) = wrapper.split_first() else {
+            return self.start_bridge().await;
+        };
+        let mut cmd = clean_command(program);
+        cmd.args(args).arg(bridge_bin());
+        self.launch(cmd).await
     }
 
     /// Starts a bridge process of this scenario and waits until it is ready.
     pub async fn start_bridge(&self) -> BridgeProcess {
-        let bridge = BridgeProcess::spawn(&self.env, self.dir.path()).await;
-        bridge.wait_ready(Duration::from_secs(30)).await;
-        bridge
+        self.launch(clean_bridge_command()).await
     }
 
     /// Starts the given `jelou-bridge` binary (the previous release's, say) as a bridge
     /// process of this scenario and waits until it is ready.
     pub async fn start_bridge_bin(&self, bin: &std::path::Path) -> BridgeProcess {
-        let bridge = BridgeProcess::spawn_bin(bin, &self.env, self.dir.path()).await;
+        self.launch(clean_command(bin)).await
+    }
+
+    /// `<cmd> run` with the scenario's environment, once it is ready.
+    async fn launch(&self, mut cmd: Command) -> BridgeProcess {
+        cmd.arg("run").envs(self.env.iter().cloned());
+        let bridge = BridgeProcess::start(cmd, self.dir.path())
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
         bridge.wait_ready(Duration::from_secs(30)).await;
         bridge
     }
@@ -321,232 +267,7 @@ impl Drop for Scenario {
         if !self.shards.is_empty() {
             exchanges.push(self.shard_exchange());
         }
-        let urls = self.urls.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let conn = connect_any(&urls).await.ok()?;
-                let ch = conn.create_channel().await.ok()?;
-                for q in queues {
-                    let _ = ch
-                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                for ex in exchanges {
-                    let _ = ch
-                        .exchange_delete(ex.as_str().into(), Default::default())
-                        .await;
-                }
-                conn.close(200, "done".into()).await.ok()
-            })
-        })
-        .join();
-    }
-}
-
-/// `cmd` with none of the test's own `JELOU_BRIDGE*` environment.
-fn without_bridge_env(mut cmd: Command) -> Command {
-    for (k, _) in std::env::vars() {
-        if k.starts_with("JELOU_BRIDGE") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-/// The real `jelou-bridge run` as a child process; stderr (its JSON logs) goes to a file.
-/// Dropping it kills the process.
-pub struct BridgeProcess {
-    child: Child,
-    pub http: String,
-    log: PathBuf,
-}
-
-impl BridgeProcess {
-    /// Starts the binary on port 0 (it binds its own port: none is reserved and released
-    /// here for another process to take) and reads the address it bound from its log.
-    pub async fn spawn(env: &[(String, String)], dir: &std::path::Path) -> BridgeProcess {
-        Self::spawn_cmd(clean_bridge_command(), env, dir).await
-    }
-
-    /// As [`BridgeProcess::spawn`], run under `wrapper` (say `faketime -f +30s`).
-    pub async fn spawn_under(
-        wrapper: &[&str],
-        env: &[(String, String)],
-        dir: &std::path::Path,
-    ) -> BridgeProcess {
-        let Some((program, args)) = wrapper.split_first() else {
-            return Self::spawn(env, dir).await;
-        };
-        let mut cmd = without_bridge_env(Command::new(program));
-        cmd.args(args).arg(clean_bridge_command().get_program());
-        Self::spawn_cmd(cmd, env, dir).await
-    }
-
-    /// As [`BridgeProcess::spawn`], with another build of `jelou-bridge` (an earlier release).
-    pub async fn spawn_bin(
-        bin: &std::path::Path,
-        env: &[(String, String)],
-        dir: &std::path::Path,
-    ) -> BridgeProcess {
-        Self::spawn_cmd(without_bridge_env(Command::new(bin)), env, dir).await
-    }
-
-    async fn spawn_cmd(
-        mut cmd: Command,
-        env: &[(String, String)],
-        dir: &std::path::Path,
-    ) -> BridgeProcess {
-        static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = dir.join(format!("bridge-{n}.log"));
-        cmd.arg("run")
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        // Only what the scenario sets: no stray settings from the test's own environment.
-        cmd.env_remove("RUST_LOG")
-            .envs(env.iter().cloned())
-            .env("JELOU_BRIDGE__HTTP__LISTEN", "127.0.0.1:0");
-        let mut child = cmd.spawn().expect("the jelou-bridge binary starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let bound = text
-                .lines()
-                .filter(|l| l.contains("jelou-bridge starting"))
-                .find_map(|l| {
-                    let v: Value = serde_json::from_str(l).ok()?;
-                    v["http"].as_str().map(str::to_string)
-                });
-            if let Some(addr) = bound {
-                return BridgeProcess {
-                    child,
-                    http: format!("http://{addr}"),
-                    log,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("jelou-bridge exited ({status}) before it started:\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "jelou-bridge did not say where it listens within 30s:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `GET /readyz`'s status, or None when nothing answers.
-    pub async fn readyz(&self) -> Option<u16> {
-        let client = reqwest::Client::new();
-        client
-            .get(format!("{}/readyz", self.http))
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await
-            .ok()
-            .map(|r| r.status().as_u16())
-    }
-
-    /// Waits until `/readyz` answers `status`; fails the test if the process exits first.
-    pub async fn wait_readyz(&self, status: u16, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.readyz().await == Some(status) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/readyz did not answer {status} within {timeout:?}; log:\n{}",
-                self.log_tail(40)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub async fn wait_ready(&self, timeout: Duration) {
-        self.wait_readyz(200, timeout).await
-    }
-
-    /// `kill -9`: no shutdown, no cleanup; the broker and the store see a crash.
-    pub fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM {}", self.pid());
-    }
-
-    /// The exit status if the process has exited, else None.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().unwrap()
-    }
-
-    /// Waits for the process to exit; fails the test after `timeout`.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "bridge did not exit within {timeout:?}; log:\n{}",
-                self.log_tail(40)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// The sum of a Prometheus counter over all its labels, from `/metrics`.
-    pub async fn metric(&self, name: &str) -> f64 {
-        scrape_metric(&self.http, name, &[]).await
-    }
-}
-
-impl Drop for BridgeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            // The scenario's directory goes away with it: keep the log for the post-mortem.
-            let kept = std::env::temp_dir().join(format!(
-                "jb-faults-{}-{}",
-                std::process::id(),
-                self.log.file_name().unwrap().to_string_lossy()
-            ));
-            let _ = std::fs::copy(&self.log, &kept);
-            eprintln!(
-                "--- bridge at {}: full log in {}; its end: ---\n{}",
-                self.http,
-                kept.display(),
-                self.log_tail(15)
-            );
-        }
+        Declared { queues, exchanges }.delete_blocking(self.urls.clone());
     }
 }
 
@@ -670,326 +391,6 @@ pub fn resolved(i: usize) -> (&'static str, Value, String) {
     )
 }
 
-/// Everything the bridge publishes on the scenario's events exchange, read from a durable
-/// queue of the observer's own, with manual acks and reconnection: what was published before
-/// a broker restart is still read after it.
-pub struct Observer {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// Stops the reader when the observer is dropped.
-    _stop: tokio_util::sync::DropGuard,
-}
-
-impl Observer {
-    /// Binds its queue before returning, so nothing the bridge publishes later is missed.
-    pub async fn start(scenario: &Scenario) -> Observer {
-        let target = Observed {
-            urls: scenario.urls.clone(),
-            exchange: scenario.events_exchange.clone(),
-            queue: format!("{}.observed", scenario.name),
-            quorum: scenario.clustered(),
-        };
-        let first = observe(&target).await.unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        tokio::spawn(read_forever(first, target, seen.clone(), stop.clone()));
-        Observer {
-            seen,
-            _stop: stop.drop_guard(),
-        }
-    }
-
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    pub fn tally(&self) -> Tally {
-        Tally::of(&self.seen())
-    }
-
-    /// Waits until every ticket `T-0 … T-<n-1>` has a `conversation.started`, then checks
-    /// that each one's results name one conversation and that nothing failed.
-    pub async fn wait_all_started(&self, n: usize) -> Tally {
-        let tally = self
-            .wait_for("every ticket started", Duration::from_secs(90), |t| {
-                t.all_started(n)
-            })
-            .await;
-        tally.assert_one_conversation_each(n);
-        tally
-    }
-
-    /// Waits until `done` holds for the tally; fails the test after `timeout`.
-    pub async fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        done: impl Fn(&Tally) -> bool,
-    ) -> Tally {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let tally = self.tally();
-            if done(&tally) {
-                return tally;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not within {timeout:?} ({} tickets with a result, {} failures: {:?}; \
-                 first tickets below the highest one seen without a result: {:?})",
-                tally.tickets.len(),
-                tally.failures().len(),
-                tally.failures().first(),
-                (0..tally.highest())
-                    .map(|i| format!("T-{i}"))
-                    .filter(|t| !tally.tickets.contains_key(t))
-                    .take(10)
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-type Reader = (Connection, lapin::Consumer);
-
-/// Where an [`Observer`] reads from.
-struct Observed {
-    urls: Vec<String>,
-    exchange: String,
-    queue: String,
-    /// On a cluster: a quorum queue, replicated, so it outlives any one node.
-    quorum: bool,
-}
-
-async fn observe(target: &Observed) -> lapin::Result<Reader> {
-    let (exchange, queue) = (target.exchange.as_str(), target.queue.as_str());
-    let conn = connect_any(&target.urls).await?;
-    let ch = conn.create_channel().await?;
-    let mut args = FieldTable::default();
-    if target.quorum {
-        args.insert(
-            "x-queue-type".into(),
-            lapin::types::AMQPValue::LongString("quorum".into()),
-        );
-    }
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await?;
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let consumer = ch
-        .basic_consume(
-            queue.into(),
-            "observer".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((conn, consumer))
-}
-
-async fn read_forever(
-    first: Reader,
-    target: Observed,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: CancellationToken,
-) {
-    let mut reader = Some(first);
-    while !stop.is_cancelled() {
-        let (conn, mut consumer) = match reader.take() {
-            Some(r) => r,
-            None => match observe(&target).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            },
-        };
-        let mut alive = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            let next = tokio::select! {
-                n = consumer.next() => n,
-                _ = alive.tick() => {
-                    if conn.status().connected() { continue; }
-                    break;
-                }
-                _ = stop.cancelled() => break,
-            };
-            let Some(Ok(delivery)) = next else { break };
-            let message = Seen {
-                routing_key: delivery.routing_key.as_str().to_string(),
-                body: serde_json::from_slice(&delivery.data).unwrap_or(Value::Null),
-                properties: delivery.properties.clone(),
-            };
-            {
-                let mut seen = seen.lock().unwrap();
-                // The observer's own ack lost with a node comes back as a redelivery of what
-                // it already read: not something the bridge published twice.
-                let again = delivery.redelivered
-                    && seen
-                        .iter()
-                        .any(|s| s.routing_key == message.routing_key && s.body == message.body);
-                if !again {
-                    seen.push(message);
-                }
-            }
-            // lapin can leave an ack pending for ever when the connection dies under it (the
-            // bridge bounds its acks for the same reason): bound the observer's too.
-            let ack = delivery.acker.ack(BasicAckOptions::default());
-            if tokio::time::timeout(Duration::from_secs(5), ack)
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            conn.close(200, "observer done".into()),
-        )
-        .await;
-    }
-}
-
-/// What came out per ticket.
-#[derive(Debug, Default, Clone)]
-pub struct TicketResults {
-    /// `conversationId` of every `conversation.started` (repeats included).
-    pub started: Vec<String>,
-    /// `conversationId` of every `conversation.closed`.
-    pub closed: Vec<String>,
-    pub failed: Vec<Value>,
-}
-
-#[derive(Debug, Default)]
-pub struct Tally {
-    pub tickets: HashMap<String, TicketResults>,
-}
-
-impl Tally {
-    pub fn of(seen: &[Seen]) -> Tally {
-        let mut tally = Tally::default();
-        for s in seen {
-            let r = tally.tickets.entry(s.ticket().to_string()).or_default();
-            let conversation = s.body["conversationId"].as_str().unwrap_or_default();
-            match s.routing_key.as_str() {
-                "conversation.started" => r.started.push(conversation.to_string()),
-                "conversation.closed" => r.closed.push(conversation.to_string()),
-                "ticket.failed" => r.failed.push(s.body.clone()),
-                _ => {}
-            }
-        }
-        tally
-    }
-
-    /// The highest `<i>` of a `T-<i>` with a result.
-    pub fn highest(&self) -> usize {
-        self.tickets
-            .keys()
-            .filter_map(|t| t.strip_prefix("T-")?.parse().ok())
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Tickets `T-0 … T-<n-1>` all started.
-    pub fn all_started(&self, n: usize) -> bool {
-        self.count(n, |r| !r.started.is_empty()) == n
-    }
-
-    /// Tickets `T-0 … T-<n-1>` all closed.
-    pub fn all_closed(&self, n: usize) -> bool {
-        self.count(n, |r| !r.closed.is_empty()) == n
-    }
-
-    pub fn count(&self, n: usize, pred: impl Fn(&TicketResults) -> bool) -> usize {
-        (0..n)
-            .filter(|i| self.tickets.get(&format!("T-{i}")).is_some_and(&pred))
-            .count()
-    }
-
-    pub fn failures(&self) -> Vec<Value> {
-        self.tickets
-            .values()
-            .flat_map(|r| r.failed.iter().cloned())
-            .collect()
-    }
-
-    /// Every ticket `T-0 … T-<n-1>` has results that all name one conversation, and nothing
-    /// failed.
-    pub fn assert_one_conversation_each(&self, n: usize) {
-        assert!(
-            self.failures().is_empty(),
-            "failures: {:#?}",
-            self.failures()
-        );
-        for i in 0..n {
-            let t = format!("T-{i}");
-            let r = self
-                .tickets
-                .get(&t)
-                .unwrap_or_else(|| panic!("{t} has no result"));
-            assert!(!r.started.is_empty(), "{t} has no conversation.started");
-            let mut ids: Vec<&String> = r.started.iter().chain(&r.closed).collect();
-            ids.sort();
-            ids.dedup();
-            assert_eq!(
-                ids.len(),
-                1,
-                "{t}: results name several conversations: {r:?}"
-            );
-            assert!(!ids[0].is_empty(), "{t}: no conversation id: {r:?}");
-        }
-    }
-}
-
-/// Calls the stand-in answered, per ticket (`metadata.ticketId` of starts; the user of
-/// closes, `U-<i>` → `T-<i>`).
-pub fn calls_per_ticket(
-    mock: &MockJelou,
-    endpoint: Endpoint,
-) -> HashMap<String, Vec<RecordedCall>> {
-    let mut out: HashMap<String, Vec<RecordedCall>> = HashMap::new();
-    for call in mock.calls_to(endpoint) {
-        let ticket = match endpoint {
-            Endpoint::Start => call
-                .body
-                .pointer("/metadata/ticketId")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            Endpoint::Close => call.body["userId"]
-                .as_str()
-                .map(|u| u.replacen("U-", "T-", 1)),
-            Endpoint::Message | Endpoint::Conversation => None,
-        };
-        if let Some(t) = ticket {
-            out.entry(t).or_default().push(call);
-        }
-    }
-    out
-}
-
 /// Jelou got exactly one start call for each of the tickets `T-0 … T-<n-1>`, and no other.
 pub fn assert_one_start_call_each(mock: &MockJelou, n: usize) {
     let starts = calls_per_ticket(mock, Endpoint::Start);
@@ -1049,54 +450,5 @@ impl BrokerStopped {
 impl Drop for BrokerStopped {
     fn drop(&mut self) {
         rabbitmqctl(&["start_app"]);
-    }
-}
-
-/// Runs `rabbitmqctl` (through `sudo -n` when not root).
-pub fn rabbitmqctl(args: &[&str]) {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    let mut cmd = if root {
-        Command::new("rabbitmqctl")
-    } else {
-        let mut c = Command::new("sudo");
-        c.args(["-n", "rabbitmqctl"]);
-        c
-    };
-    let out = cmd.args(args).output().expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Ready messages in `queue`.
-pub async fn depth(queue: &str) -> u32 {
-    let conn = connect().await;
-    let ch = conn.create_channel().await.unwrap();
-    let n = ready_messages(&ch, queue)
-        .await
-        .unwrap_or_else(|e| panic!("queue {queue} exists: {e}"));
-    let _ = conn.close(200, "done".into()).await;
-    n
-}
-
-/// Waits until `queue` holds `n` ready messages; fails the test after `timeout`.
-pub async fn wait_depth(queue: &str, n: u32, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let now = depth(queue).await;
-        if now == n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{queue} holds {now} messages, not {n}, after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use jelou_bridge::jelou::Endpoint;
 
 use crate::harness::*;
+use crate::observer::*;
+use testkit::*;
 
 const TICKETS: usize = 40;
 const MAX_ATTEMPTS: usize = 2;
@@ -62,7 +64,7 @@ async fn jelou_down_parks_messages_in_the_delay_queues_and_all_complete_when_it_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(bridge.metric("jelou_bridge_parked_total").await >= TICKETS as f64);
+    assert!(bridge.metric("jelou_bridge_parked_total", &[]).await >= TICKETS as f64);
     assert!(
         observer.tally().tickets.is_empty(),
         "nothing decided while Jelou is down"

@@ -5,6 +5,8 @@ use std::time::Duration;
 use jelou_bridge::jelou::Endpoint;
 
 use crate::harness::*;
+use crate::observer::*;
+use testkit::*;
 
 const TICKETS: usize = 500;
 const PREFETCH: usize = 32;
@@ -25,7 +27,7 @@ async fn kill_9_mid_burst_then_restart_loses_nothing_and_starts_each_ticket_once
     )
     .await;
     let observer = Observer::start(&scenario).await;
-    let mut first = scenario.start_bridge().await;
+    let first = scenario.start_bridge().await;
     burst_under_way(&scenario, &observer, TICKETS, TICKETS / 5).await;
     first.kill9();
     let calls_at_kill = scenario.mock.calls_to(Endpoint::Start).len();

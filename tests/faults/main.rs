@@ -17,10 +17,9 @@
 //! The `upgrade` scenarios also run the previous release's binary, named by `JB_PREVIOUS_BIN`
 //! (`scripts/build-previous.sh` builds it and prints its path; `scripts/test.sh` does both).
 
-#[path = "../support/mod.rs"]
-mod support;
-
+mod cluster_kit;
 mod harness;
+mod observer;
 
 mod broker_restart;
 mod chaos;

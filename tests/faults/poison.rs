@@ -9,6 +9,7 @@ use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 
 use crate::harness::*;
+use testkit::*;
 
 const DELIVERY_LIMIT: usize = 2;
 

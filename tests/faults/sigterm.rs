@@ -6,6 +6,8 @@ use std::time::Duration;
 use jelou_bridge::jelou::Endpoint;
 
 use crate::harness::*;
+use crate::observer::*;
+use testkit::*;
 
 const TICKETS: usize = 300;
 
@@ -18,7 +20,7 @@ async fn sigterm_under_load_exits_0_and_the_next_start_finishes_the_rest_without
     )
     .await;
     let observer = Observer::start(&scenario).await;
-    let mut first = scenario.start_bridge().await;
+    let first = scenario.start_bridge().await;
     burst_under_way(&scenario, &observer, TICKETS, 40).await;
 
     first.sigterm();
@@ -60,7 +62,7 @@ async fn when_the_grace_runs_out_the_work_goes_back_and_a_second_signal_exits_at
         &[("AMQP__PREFETCH", "4"), ("SHUTDOWN__GRACE", "1s")],
     )
     .await;
-    let mut first = scenario.start_bridge().await;
+    let first = scenario.start_bridge().await;
     let helpdesk = Helpdesk::connect(&scenario).await;
     helpdesk.publish_all((0..4).map(opened)).await;
     wait_depth(&scenario.queue, 0, Duration::from_secs(10)).await;
@@ -88,7 +90,7 @@ async fn when_the_grace_runs_out_the_work_goes_back_and_a_second_signal_exits_at
     // (The first process's leases on the four tickets expire first, so the second one
     // calls Jelou for them rather than waiting on the store.)
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let mut second = scenario.start_bridge().await;
+    let second = scenario.start_bridge().await;
     wait_depth(&scenario.queue, 0, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     second.sigterm();

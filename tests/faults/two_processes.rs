@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use crate::harness::*;
+use crate::observer::*;
+use testkit::*;
 
 const TICKETS: usize = 1000;
 /// A ticket's resolve is published this many opens after its own open.
@@ -38,7 +40,7 @@ async fn two_processes_on_one_postgres_store_start_each_ticket_once_and_never_cl
     assert_one_start_call_each(&scenario.mock, TICKETS);
     assert_one_close_call_each_after_its_start(&scenario.mock, TICKETS);
     for bridge in [&a, &b] {
-        let handled = bridge.metric("jelou_bridge_ticket_events_total").await;
+        let handled = bridge.metric("jelou_bridge_ticket_events_total", &[]).await;
         eprintln!("{} handled {handled} ticket events", bridge.http);
         assert!(handled > 0.0, "both processes did part of the work");
     }

@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use jelou_bridge::amqp::{header_i64, headers};
 use jelou_bridge::jelou::mock::RecordedCall;
 use jelou_bridge::jelou::Endpoint;
+use jelou_bridge::store::now_ms;
 use jelou_bridge::store::schema::{self, Compatibility};
 use lapin::options::BasicGetOptions;
 
 use crate::harness::*;
-use crate::support::clean_bridge_command;
+use crate::observer::*;
+use testkit::*;
 
 /// The previous release's binary. The upgrade tests fail, never skip, without it.
 fn previous_bin() -> PathBuf {
@@ -62,10 +64,6 @@ async fn schema_of(scenario: &Scenario) -> schema::SchemaReport {
     schema::inspect(&store_url(scenario))
         .await
         .expect("the store's schema can be read")
-}
-
-fn now_ms() -> i64 {
-    jelou_bridge::store::now_ms()
 }
 
 /// Successful (200) calls, per ticket.
@@ -134,24 +132,14 @@ async fn wait_calls(
 
 /// `jelou-bridge <args>` of this release against the scenario, bounded; (exit code, stdout).
 async fn this_release(scenario: &Scenario, args: &[&str]) -> (Option<i32>, String) {
-    let mut cmd = tokio::process::Command::from(clean_bridge_command());
+    let mut cmd = clean_bridge_command();
     cmd.env_remove("RUST_LOG")
         .envs(scenario.env().iter().cloned())
         .env("JELOU_BRIDGE__LOG__LEVEL", "warn")
         .current_dir(scenario.dir.path())
-        .args(args)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("jelou-bridge {args:?} did not finish within 60s"))
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!(
-        "$ jelou-bridge {args:?}\n[exit {:?}]\n{stdout}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), stdout)
+        .args(args);
+    let ran = run_to_end(cmd, &args.join(" ")).await;
+    (ran.code, ran.stdout)
 }
 
 const TICKETS: usize = 200;
@@ -177,7 +165,7 @@ async fn this_release_completes_what_the_previous_one_started_and_parked(store: 
     )
     .await;
     let observer = Observer::start(&scenario).await;
-    let mut old = scenario.start_bridge_bin(&previous).await;
+    let old = scenario.start_bridge_bin(&previous).await;
     assert_eq!(
         schema_of(&scenario).await.compatibility(),
         Compatibility::Older,
@@ -253,7 +241,7 @@ async fn this_release_completes_what_the_previous_one_started_and_parked(store: 
             "the previous release's parking count goes on (the next tier, not the first): {p:?}"
         );
     }
-    assert!(new.metric("jelou_bridge_parked_total").await > 0.0);
+    assert!(new.metric("jelou_bridge_parked_total", &[]).await > 0.0);
 
     // Jelou is back; the other tickets are resolved by their id alone.
     scenario.mock.set_down(None);
@@ -330,7 +318,7 @@ async fn rolling_upgrade_old_and_new_side_by_side_lose_nothing_and_do_nothing_tw
     )
     .await;
     let observer = Observer::start(&scenario).await;
-    let mut old = scenario.start_bridge_bin(&previous).await;
+    let old = scenario.start_bridge_bin(&previous).await;
     assert_eq!(
         schema_of(&scenario).await.compatibility(),
         Compatibility::Older
@@ -356,7 +344,7 @@ async fn rolling_upgrade_old_and_new_side_by_side_lose_nothing_and_do_nothing_tw
         })
         .await;
     assert!(half.failures().is_empty(), "{:?}", half.failures());
-    let old_handled = old.metric("jelou_bridge_ticket_events_total").await;
+    let old_handled = old.metric("jelou_bridge_ticket_events_total", &[]).await;
     old.sigterm();
     let status = old.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "the previous release stopped cleanly");
@@ -385,7 +373,7 @@ async fn rolling_upgrade_old_and_new_side_by_side_lose_nothing_and_do_nothing_tw
     assert!(tally.all_closed(ROLLING_TICKETS));
     assert_one_start_call_each(&scenario.mock, ROLLING_TICKETS);
     assert_one_close_call_each_after_its_start(&scenario.mock, ROLLING_TICKETS);
-    assert!(new.metric("jelou_bridge_ticket_events_total").await > 0.0);
+    assert!(new.metric("jelou_bridge_ticket_events_total", &[]).await > 0.0);
     assert_nothing_dead_lettered(&scenario).await;
     assert_eq!(scenario.depth(&scenario.queue).await, 0, "queue drained");
 }
@@ -409,7 +397,7 @@ async fn dlq_replay_of_a_dead_letter_the_previous_release_wrote() {
     .await;
     let observer = Observer::start(&scenario).await;
     scenario.mock.set_down(Some(503));
-    let mut old = scenario.start_bridge_bin(&previous).await;
+    let old = scenario.start_bridge_bin(&previous).await;
     let helpdesk = Helpdesk::connect(&scenario).await;
     helpdesk.publish_all([opened(0)]).await;
     let failed = observer

@@ -1,16 +1,13 @@
 //! The metrics of a bridge, read from its own `/metrics` with exact counts: this binary holds
 //! this one test, so the process-wide recorder sees its traffic alone.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
 use jelou_bridge::jelou::mock::Scripted;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
-use support::*;
+use testkit::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 const SECRET: &str = "whsec-metrics-21";
