@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark behind docs/performance.md, in one command: start RabbitMQ and PostgreSQL if
 # needed, build the bridge and the load generator in release mode, and run every case of the
-# matrix (Jelou latency 0/50 ms, prefetch 32/128, backlog 1,000/100,000, SQLite/PostgreSQL),
+# matrix (Jelou latency 0/50/200 ms, prefetch 32/128/1,024, backlog 1,000/100,000, SQLite/PostgreSQL),
 # each held against the broker's own limit. Prints one summary line per case and a Markdown
 # table; writes every figure to target/loadtest.json.
 #

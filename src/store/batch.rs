@@ -10,7 +10,7 @@
 //! paid per batch and, on SQLite, the connection's page cache is not thrown away because
 //! another connection wrote in between.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool};
@@ -18,17 +18,16 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Clock, StoreError, TicketRecord, COLUMNS, SUPERSEDED};
 
-/// Most rows in one statement. It also bounds how many distinct statements (one per batch
-/// size) the driver keeps prepared.
-const MAX_BATCH: usize = 32;
+pub(super) mod round;
+pub(super) use round::next_round;
 
-struct Claim {
-    ticket_id: String,
-    bot_id: String,
-    user_id: String,
-    traceparent: Option<String>,
+pub(super) struct Claim {
+    pub(super) ticket_id: String,
+    pub(super) bot_id: String,
+    pub(super) user_id: String,
+    pub(super) traceparent: Option<String>,
     /// Some when the row was taken.
-    done: oneshot::Sender<Result<Option<Taken>, StoreError>>,
+    pub(super) done: oneshot::Sender<Result<Option<Taken>, StoreError>>,
 }
 
 /// A `starting` row this process took.
@@ -39,14 +38,14 @@ pub(super) struct Taken {
     pub(super) learned_conversation: Option<String>,
 }
 
-struct Finish {
-    ticket_id: String,
-    conversation_id: String,
+pub(super) struct Finish {
+    pub(super) ticket_id: String,
+    pub(super) conversation_id: String,
     /// The row after the update, or None when it was not `starting` any more.
-    done: oneshot::Sender<Result<Option<TicketRecord>, StoreError>>,
+    pub(super) done: oneshot::Sender<Result<Option<TicketRecord>, StoreError>>,
 }
 
-enum Write {
+pub(super) enum Write {
     Claim(Claim),
     Finish(Finish),
     /// The store is closing: give the connection back and take no other.
@@ -65,6 +64,19 @@ impl Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(pool, clock, instance, lease_ms, rx));
         Batcher { tx }
+    }
+
+    /// The same writes on an embedded store's file, by a connection and a thread of their
+    /// own (see [`super::embedded`]).
+    pub(super) fn start_embedded(
+        file: &std::path::Path,
+        clock: Clock,
+        instance: String,
+        lease_ms: i64,
+    ) -> Result<Batcher, StoreError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        super::embedded::start(file, clock, instance, lease_ms, rx)?;
+        Ok(Batcher { tx })
     }
 
     /// The `claim_start` insert-or-take of one ticket; Some when this process took it.
@@ -127,6 +139,8 @@ struct Writer {
     clock: Clock,
     conn: Option<PoolConnection<Any>>,
     closed: bool,
+    /// SQLite, whose planner needs telling which index a join with `VALUES` should use.
+    sqlite: bool,
 }
 
 impl Writer {
@@ -163,11 +177,13 @@ async fn run(
     lease_ms: i64,
     mut rx: mpsc::UnboundedReceiver<Write>,
 ) {
+    let sqlite = pool.connect_options().database_url.scheme() == "sqlite";
     let mut writer = Writer {
         pool,
         clock,
         conn: None,
         closed: false,
+        sqlite,
     };
     let mut queued: VecDeque<Write> = VecDeque::new();
     loop {
@@ -177,41 +193,16 @@ async fn run(
                 None => return,
             }
         }
-        while let Ok(w) = rx.try_recv() {
-            queued.push_back(w);
+        let round = next_round(&mut queued, &mut rx);
+        if !round.claims.is_empty() {
+            claim_batch(&mut writer, &instance, lease_ms, round.claims).await;
         }
-        // One row per ticket in a statement (a second write of the same ticket waits for the
-        // next round, after the first is done).
-        let (mut claims, mut finishes) = (Vec::new(), Vec::new());
-        let (mut claimed_ids, mut finished_ids) = (HashSet::new(), HashSet::new());
-        let mut later = VecDeque::new();
-        let mut closing = Vec::new();
-        for w in queued.drain(..) {
-            match w {
-                Write::Close(done) => closing.push(done),
-                Write::Claim(c)
-                    if claims.len() < MAX_BATCH && claimed_ids.insert(c.ticket_id.clone()) =>
-                {
-                    claims.push(c)
-                }
-                Write::Finish(f)
-                    if finishes.len() < MAX_BATCH && finished_ids.insert(f.ticket_id.clone()) =>
-                {
-                    finishes.push(f)
-                }
-                other => later.push_back(other),
-            }
+        if !round.finishes.is_empty() {
+            finish_batch(&mut writer, round.finishes).await;
         }
-        queued = later;
-        if !claims.is_empty() {
-            claim_batch(&mut writer, &instance, lease_ms, claims).await;
-        }
-        if !finishes.is_empty() {
-            finish_batch(&mut writer, finishes).await;
-        }
-        if !closing.is_empty() {
+        if !round.closing.is_empty() {
             writer.close();
-            for done in closing {
+            for done in round.closing {
                 let _ = done.send(());
             }
         }
@@ -246,6 +237,16 @@ fn answer_claims(claims: Vec<Claim>, taken: Result<HashMap<String, Taken>, sqlx:
     }
 }
 
+/// Which existing row a claim takes over: one that failed for good, or is `starting` with
+/// no holder, this process as holder, or a holder whose lease ran out.
+pub(super) const CLAIM_TAKES_OVER: &str =
+    "ON CONFLICT (ticket_id) DO UPDATE SET state = 'starting', bot_id = excluded.bot_id, \
+         user_id = excluded.user_id, owner = excluded.owner, lease_until = excluded.lease_until, \
+         attempts = tickets.attempts + 1, updated_at = excluded.updated_at, \
+         traceparent = COALESCE(tickets.traceparent, excluded.traceparent) \
+     WHERE tickets.state = 'failed' OR (tickets.state = 'starting' AND (tickets.owner IS NULL \
+         OR tickets.owner = excluded.owner OR tickets.lease_until < excluded.updated_at))";
+
 /// `claim_start`'s statement for many tickets: insert, or take over a row that failed for
 /// good or whose holder let go or died; the rows taken, with what they learned meanwhile.
 async fn claim_rows(
@@ -267,14 +268,7 @@ async fn claim_rows(
         .collect();
     let sql = format!(
         "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, attempts, created_at, updated_at, traceparent) \
-         VALUES {} \
-         ON CONFLICT (ticket_id) DO UPDATE SET state = 'starting', bot_id = excluded.bot_id, \
-             user_id = excluded.user_id, owner = excluded.owner, lease_until = excluded.lease_until, \
-             attempts = tickets.attempts + 1, updated_at = excluded.updated_at, \
-             traceparent = COALESCE(tickets.traceparent, excluded.traceparent) \
-         WHERE tickets.state = 'failed' OR (tickets.state = 'starting' AND (tickets.owner IS NULL \
-             OR tickets.owner = excluded.owner OR tickets.lease_until < excluded.updated_at)) \
-         RETURNING ticket_id, conversation_id",
+         VALUES {} {CLAIM_TAKES_OVER} RETURNING ticket_id, conversation_id",
         rows.join(", ")
     );
     let now = writer.clock.now();
@@ -347,8 +341,15 @@ async fn supersede_after(
             format!("(${p}, ${}, ${}, ${})", p + 1, p + 2, p + 3)
         })
         .collect();
+    // Without statistics SQLite walks every active ticket (`tickets_state`) for each row of
+    // `VALUES`, a cost that grows with the store; the user's index finds the few rows there.
+    let indexed = if writer.sqlite {
+        " INDEXED BY tickets_bot_user"
+    } else {
+        ""
+    };
     let sql = format!(
-        "UPDATE tickets SET state = 'closed', ended_reason = '{SUPERSEDED}', owner = NULL, \
+        "UPDATE tickets{indexed} SET state = 'closed', ended_reason = '{SUPERSEDED}', owner = NULL, \
          lease_until = NULL, last_error = 'its conversation was replaced by ticket ' || v.column1, \
          updated_at = $1 \
          FROM (VALUES {}) AS v WHERE tickets.bot_id = v.column2 AND tickets.user_id = v.column3 \

@@ -18,6 +18,9 @@ pub enum StoreError {
     /// The database could not be reached, or refused or failed a statement.
     #[error("ticket store: {}", error_chain(.0))]
     Database(#[source] Arc<sqlx::Error>),
+    /// The embedded store's writer connection could not be opened, or failed a write.
+    #[error("ticket store: {}", error_chain(.0))]
+    Embedded(#[source] Arc<rusqlite::Error>),
     /// This binary's migrations could not be applied.
     #[error("ticket store: migration failed: {}", error_chain(.0))]
     Migrate(#[source] Arc<sqlx::migrate::MigrateError>),

@@ -8,8 +8,9 @@
 //!
 //! The store by concern: [`Store`] opened here; a ticket's claims and records in `tickets`;
 //! leases and [`Hold`] in `leases`; agents' messages in `messages`; webhook dedupe in
-//! `webhooks`; reads and lists in `reads`; group commit of the hottest writes in `batch`;
-//! the schema version in [`schema`].
+//! `webhooks`; reads and lists in `reads`; group commit of the hottest writes in `batch`
+//! (on an embedded store, through a connection of their own in `embedded`); the schema
+//! version in [`schema`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ pub use crate::clock::{now_ms, Clock};
 use crate::config::StoreSettings;
 
 mod batch;
+mod embedded;
 mod error;
 mod leases;
 mod messages;
@@ -115,12 +117,20 @@ impl Store {
             return Err(refusal.into());
         }
         MIGRATOR.run(&pool).await?;
-        let writes = batch::Batcher::start(
-            pool.clone(),
-            clock.clone(),
-            instance.clone(),
-            settings.lease.as_millis() as i64,
-        );
+        let lease_ms = settings.lease.as_millis() as i64;
+        let file = if sqlite {
+            sqlite::database_file(&pool).await?
+        } else {
+            None
+        };
+        // A store in a file gets its own writer connection; one in memory (tests) is only
+        // reachable through the pool.
+        let writes = match file {
+            Some(file) => {
+                batch::Batcher::start_embedded(&file, clock.clone(), instance.clone(), lease_ms)?
+            }
+            None => batch::Batcher::start(pool.clone(), clock.clone(), instance.clone(), lease_ms),
+        };
         let store = Store {
             pool,
             instance,

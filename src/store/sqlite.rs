@@ -1,7 +1,19 @@
 //! An embedded SQLite store's URL: its file's directory is created and the file asked for, so
-//! a first start needs nothing prepared.
+//! a first start needs nothing prepared; and the file the pool opened.
+
+use std::path::PathBuf;
 
 use super::StoreError;
+
+/// The file of the pool's database as SQLite resolved it (whatever the URL's spelling);
+/// None for a database in memory.
+pub(super) async fn database_file(pool: &sqlx::AnyPool) -> Result<Option<PathBuf>, StoreError> {
+    let file: Option<String> =
+        sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .fetch_optional(pool)
+            .await?;
+    Ok(file.filter(|f| !f.is_empty()).map(PathBuf::from))
+}
 
 /// Creates the SQLite file's directory and asks for the file to be created.
 pub(super) fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
