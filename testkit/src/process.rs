@@ -147,6 +147,10 @@ impl BridgeProcess {
         if let Some(level) = level {
             cmd.env("JELOU_BRIDGE__LOG__LEVEL", level);
         }
+        // A group of its own, which every signal goes to: a bridge started under a wrapper
+        // (`faketime … jelou-bridge run`) is the wrapper's child, and killing the wrapper
+        // alone left it running, redeclaring its queues, after its test had ended.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.current_dir(dir)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out)?)
@@ -224,17 +228,17 @@ impl BridgeProcess {
     /// `kill -9`: no shutdown, no cleanup; the broker and the store see a crash.
     pub fn kill9(&self) {
         let mut child = self.child.lock().unwrap();
-        child.kill().unwrap();
+        let _ = signal_group(child.id(), "-KILL");
         child.wait().unwrap();
     }
 
     /// SIGTERM, as an operator or an orchestrator stops it.
     pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM {}", self.pid());
+        assert!(
+            signal_group(self.pid(), "-TERM"),
+            "kill -TERM -- -{}",
+            self.pid()
+        );
     }
 
     /// The exit status if the process has exited, else None.
@@ -305,6 +309,7 @@ impl BridgeProcess {
 impl Drop for BridgeProcess {
     fn drop(&mut self) {
         let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = signal_group(child.id(), "-KILL");
         let _ = child.kill();
         let _ = child.wait();
         if std::thread::panicking() {
@@ -323,4 +328,15 @@ impl Drop for BridgeProcess {
             );
         }
     }
+}
+
+/// Sends `signal` (`-TERM`, `-KILL`) to the process group `pgid` leads (the bridge, and its
+/// wrapper when it has one); whether `kill` succeeded.
+fn signal_group(pgid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .args([signal, "--", &format!("-{pgid}")])
+        // A group already gone (the bridge exited) is no news.
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
