@@ -123,7 +123,10 @@ start_node() {
   say "starting $(node_name "$n") on 127.0.0.1:$(node_port "$n")"
   # Every quorum queue holds file handles; the default limit of 1024 runs out early.
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-  (node_env "$n"; setsid "$bin/rabbitmq-server" >"$base/n$n/log/console.log" 2>&1 </dev/null &)
+  # From the cluster's own directory: a node keeps its working directory for life, and one
+  # started from a clone that is deleted afterwards (a CI run's) can no longer stop its
+  # application (rabbit_plugins fails with enoent), which fails every later node-loss test.
+  (node_env "$n"; cd "$base"; setsid "$bin/rabbitmq-server" >"$base/n$n/log/console.log" 2>&1 </dev/null &)
 }
 
 await_node() {
@@ -143,8 +146,27 @@ all_running() {
   for n in "${nodes[@]}"; do grep -q "$(node_name "$n")" <<<"$members" || return 1; done
 }
 
+# A node whose working directory was deleted under it (started by an older version of this
+# script from a clone since removed) cannot stop its application any more: end it, so that
+# `start` brings it back from the cluster's directory. Its queues' replicas are on disk.
+restart_orphaned() {
+  local n pid
+  for n in "${nodes[@]}"; do
+    pid=$(cat "$base/n$n/pid" 2>/dev/null) || continue
+    case "$(readlink "/proc/$pid/cwd" 2>/dev/null)" in
+      *"(deleted)")
+        say "$(node_name "$n") runs in a deleted directory: restarting it"
+        kill -9 "$pid" 2>/dev/null || true
+        local i
+        for i in $(seq 1 50); do port_open "$(node_port "$n")" || break; sleep 0.2; done
+        ;;
+    esac
+  done
+}
+
 start() {
   ensure_installed
+  restart_orphaned
   if [ -s "$base/.erlang.cookie" ] && all_running; then
     say "3-node cluster up: $(urls)"
     return
