@@ -368,7 +368,13 @@ async fn supersede_after(
     let conn = writer.conn().await?;
     let done = query.execute(&mut **conn).await;
     writer.check(&done);
-    let superseded = done?.rows_affected();
+    report_superseded(done?.rows_affected());
+    Ok(rows)
+}
+
+/// Logs and counts the tickets a round's starts superseded, once the round is written (both
+/// writers: this batcher and the embedded store's, `super::embedded`).
+pub(super) fn report_superseded(superseded: u64) {
     if superseded > 0 {
         tracing::info!(
             superseded,
@@ -376,7 +382,6 @@ async fn supersede_after(
         );
         metrics::counter!("jelou_bridge_conversations_superseded_total").increment(superseded);
     }
-    Ok(rows)
 }
 
 fn answer_finishes(

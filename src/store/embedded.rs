@@ -185,10 +185,10 @@ fn write(
         }
     }
     let mut finished = HashMap::with_capacity(finishes.len());
+    let mut superseded = 0;
     if !finishes.is_empty() {
         let mut finish = tx.prepare_cached(&rules.sql.finish)?;
         let mut supersede = tx.prepare_cached(&rules.sql.supersede)?;
-        let mut superseded = 0;
         for f in finishes {
             let Some(record) = finish
                 .query_row(params![f.ticket_id, f.conversation_id, now], record)
@@ -204,16 +204,10 @@ fn write(
             }
             finished.insert(record.ticket_id.clone(), record);
         }
-        if superseded > 0 {
-            tracing::info!(
-                superseded,
-                "tickets whose conversation a later ticket's start replaced"
-            );
-            metrics::counter!("jelou_bridge_conversations_superseded_total")
-                .increment(superseded as u64);
-        }
     }
     tx.commit()?;
+    // Only what was committed is reported.
+    super::batch::report_superseded(superseded as u64);
     Ok((taken, finished))
 }
 
