@@ -227,9 +227,7 @@ impl BridgeProcess {
 
     /// `kill -9`: no shutdown, no cleanup; the broker and the store see a crash.
     pub fn kill9(&self) {
-        let mut child = self.child.lock().unwrap();
-        let _ = signal_group(child.id(), "-KILL");
-        child.wait().unwrap();
+        kill_group(&mut self.child.lock().unwrap()).unwrap();
     }
 
     /// SIGTERM, as an operator or an orchestrator stops it.
@@ -308,10 +306,7 @@ impl BridgeProcess {
 
 impl Drop for BridgeProcess {
     fn drop(&mut self) {
-        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
-        let _ = signal_group(child.id(), "-KILL");
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = kill_group(self.child.get_mut().unwrap_or_else(|e| e.into_inner()));
         if std::thread::panicking() {
             // The test's directory goes away with it: keep the log for the post-mortem.
             let kept = std::env::temp_dir().join(format!(
@@ -328,6 +323,15 @@ impl Drop for BridgeProcess {
             );
         }
     }
+}
+
+/// `kill -9` to the child's whole group (its wrapper's child too), the child alone when the
+/// group cannot be signalled, then reaps it.
+fn kill_group(child: &mut Child) -> std::io::Result<ExitStatus> {
+    if !signal_group(child.id(), "-KILL") {
+        let _ = child.kill();
+    }
+    child.wait()
 }
 
 /// Sends `signal` (`-TERM`, `-KILL`) to the process group `pgid` leads (the bridge, and its
