@@ -34,7 +34,13 @@ pub async fn connect_to(
     let tls = tls_config(settings)?;
     let runtime = lapin::runtime::default_runtime()
         .map_err(|e| anyhow::anyhow!("no async runtime for the broker connection: {e}"))?;
-    Connection::connect_with_config(url.expose_secret(), props, tls, runtime)
+    let uri = with_frame_max(url.expose_secret()).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to the broker at {}: {e}",
+            redacted_url(url.expose_secret())
+        )
+    })?;
+    Connection::connect_uri_with_config(uri, props, tls, runtime)
         .await
         .map_err(|e| {
             anyhow::anyhow!(
@@ -43,6 +49,20 @@ pub async fn connect_to(
                 crate::error::error_chain(&e)
             )
         })
+}
+
+/// The largest frame the bridge asks for when `amqp.url` does not set `frame_max`. lapin keeps
+/// two ring buffers of 32 frames per connection, filled with zeros up front: at RabbitMQ's
+/// default of 128 KiB that is 8 MiB per connection, at 16 KiB 1 MiB. Ticket events are a few
+/// KiB; a larger message simply takes more frames.
+pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
+/// `url` parsed, asking for [`DEFAULT_FRAME_MAX`] unless it sets `frame_max` itself (the
+/// broker may still choose smaller frames; it never has to take larger ones).
+fn with_frame_max(url: &str) -> Result<lapin::uri::AMQPUri, String> {
+    let mut uri: lapin::uri::AMQPUri = url.parse()?;
+    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    Ok(uri)
 }
 
 /// What `check-config --probe` does for one node of the cluster: connect (at most 10 s, for a
@@ -154,6 +174,20 @@ fn tls_config(settings: &AmqpSettings) -> anyhow::Result<OwnedTLSConfig> {
 mod tests {
     use super::*;
     use crate::config::Settings;
+
+    #[test]
+    fn frames_of_16_kib_are_asked_for_unless_the_url_says_otherwise() {
+        let uri = with_frame_max("amqp://u:p@h:5672/%2f?heartbeat=30").unwrap();
+        assert_eq!(uri.query.frame_max, Some(DEFAULT_FRAME_MAX));
+        assert_eq!(
+            uri.query.heartbeat,
+            Some(30),
+            "the URL's other settings stay"
+        );
+        let uri = with_frame_max("amqp://u:p@h:5672/%2f?frame_max=131072").unwrap();
+        assert_eq!(uri.query.frame_max, Some(131_072));
+        assert!(with_frame_max("amqp://h:notaport/").is_err());
+    }
 
     #[test]
     fn nodes_go_round_every_url_and_never_name_a_password() {
