@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::mpsc;
 
 use super::batch::round::Round;
@@ -22,6 +22,11 @@ use super::{Clock, StoreError, TicketRecord, TicketState, COLUMNS, SUPERSEDED};
 
 /// How long a write waits for another connection's write lock (as the pool's connections).
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The rows a start of ticket ?1 with conversation ?5 replaced: the same bot (?3) and user
+/// (?4), still active on another conversation (?2 is the time of the update).
+const REPLACED: &str = "bot_id = ?3 AND user_id = ?4 AND state = 'active' AND ticket_id <> ?1 \
+                        AND conversation_id <> ?5";
 
 /// Opens the writer's own connection to the store's file (migrated already, in WAL mode) and
 /// starts its thread; the callers' side is `tx`'s receiver.
@@ -78,13 +83,22 @@ struct Rules {
 }
 
 /// The single-row forms of `batch`'s statements, prepared once by the connection.
+///
+/// Without `RETURNING`: SQLite builds a temporary table and a statement journal for every
+/// statement that returns what it wrote (three per ticket), which cost more than the write
+/// itself. What a write took is read back by primary key in the same transaction instead,
+/// and the supersede update runs only when there is something to supersede.
 struct Statements {
     /// `claim_start`'s insert-or-take (see `batch::claim_rows`).
     claim: String,
     /// `finish_start`'s update (see `batch::finish_rows`).
     finish: String,
-    /// The conversations a start replaced (see `batch::supersede_after`).
+    /// Whether a start replaced conversations of other tickets (see `batch::supersede_after`).
+    replaced: String,
+    /// The conversations a start replaced.
     supersede: String,
+    /// A ticket's row, all of [`COLUMNS`].
+    row: String,
 }
 
 impl Statements {
@@ -93,20 +107,19 @@ impl Statements {
             claim: format!(
                 "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, \
                  attempts, created_at, updated_at, traceparent) \
-                 VALUES (?1, ?2, ?3, 'starting', ?4, ?5, 1, ?6, ?6, ?7) {CLAIM_TAKES_OVER} \
-                 RETURNING conversation_id"
+                 VALUES (?1, ?2, ?3, 'starting', ?4, ?5, 1, ?6, ?6, ?7) {CLAIM_TAKES_OVER}"
             ),
-            finish: format!(
-                "UPDATE tickets SET state = 'active', conversation_id = ?2, owner = NULL, \
+            finish: "UPDATE tickets SET state = 'active', conversation_id = ?2, owner = NULL, \
                  lease_until = NULL, last_error = NULL, updated_at = ?3 \
-                 WHERE ticket_id = ?1 AND state = 'starting' RETURNING {COLUMNS}"
-            ),
+                 WHERE ticket_id = ?1 AND state = 'starting'"
+                .to_string(),
+            replaced: format!("SELECT 1 FROM tickets WHERE {REPLACED} LIMIT 1"),
             supersede: format!(
                 "UPDATE tickets SET state = 'closed', ended_reason = '{SUPERSEDED}', owner = NULL, \
                  lease_until = NULL, last_error = 'its conversation was replaced by ticket ' || ?1, \
-                 updated_at = ?2 WHERE bot_id = ?3 AND user_id = ?4 AND state = 'active' \
-                 AND ticket_id <> ?1 AND conversation_id <> ?5"
+                 updated_at = ?2 WHERE {REPLACED}"
             ),
+            row: format!("SELECT {COLUMNS} FROM tickets WHERE ticket_id = ?1"),
         }
     }
 }
@@ -159,22 +172,21 @@ fn write(
     let mut taken = HashMap::with_capacity(claims.len());
     if !claims.is_empty() {
         let mut claim = tx.prepare_cached(&rules.sql.claim)?;
+        let mut row = tx.prepare_cached(&rules.sql.row)?;
         for c in claims {
-            let learned: Option<Option<String>> = claim
-                .query_row(
-                    params![
-                        c.ticket_id,
-                        c.bot_id,
-                        c.user_id,
-                        rules.instance,
-                        now + lease_ms,
-                        now,
-                        c.traceparent
-                    ],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if let Some(learned_conversation) = learned {
+            let took = claim.execute(params![
+                c.ticket_id,
+                c.bot_id,
+                c.user_id,
+                rules.instance,
+                now + lease_ms,
+                now,
+                c.traceparent
+            ])?;
+            if took == 1 {
+                // Inserted, or taken over: a row taken over may know its conversation.
+                let learned_conversation =
+                    row.query_row(params![c.ticket_id], |r| r.get::<_, Option<String>>(3))?;
                 taken.insert(
                     c.ticket_id.clone(),
                     Taken {
@@ -188,19 +200,21 @@ fn write(
     let mut superseded = 0;
     if !finishes.is_empty() {
         let mut finish = tx.prepare_cached(&rules.sql.finish)?;
+        let mut row = tx.prepare_cached(&rules.sql.row)?;
+        let mut replaced = tx.prepare_cached(&rules.sql.replaced)?;
         let mut supersede = tx.prepare_cached(&rules.sql.supersede)?;
         for f in finishes {
-            let Some(record) = finish
-                .query_row(params![f.ticket_id, f.conversation_id, now], record)
-                .optional()?
-            else {
+            if finish.execute(params![f.ticket_id, f.conversation_id, now])? == 0 {
                 continue;
-            };
+            }
+            let record = row.query_row(params![f.ticket_id], record)?;
             if let (Some(bot), Some(user), Some(conversation)) =
                 (&record.bot_id, &record.user_id, &record.conversation_id)
             {
-                superseded +=
-                    supersede.execute(params![record.ticket_id, now, bot, user, conversation])?;
+                let replacing = params![record.ticket_id, now, bot, user, conversation];
+                if replaced.exists(replacing)? {
+                    superseded += supersede.execute(replacing)?;
+                }
             }
             finished.insert(record.ticket_id.clone(), record);
         }
