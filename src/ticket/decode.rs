@@ -94,16 +94,25 @@ pub fn decode(
     };
     let ticket_id = fields.required_str("ticketId")?;
     match kind {
-        EventKind::Opened => Ok(TicketEvent::Opened(TicketOpened {
-            user_id: fields.required_str("userId")?,
-            bot_id: fields.optional_str("botId")?,
-            initial_message: fields.optional_str("initialMessage")?,
-            queue: fields.optional_str("queue")?,
-            assignment: fields.assignment()?,
-            metadata: fields.optional_object("metadata")?.unwrap_or_default(),
-            ticket_id,
-            body: value.clone(),
-        })),
+        EventKind::Opened => {
+            let user_id = fields.required_str("userId")?;
+            let bot_id = fields.optional_str("botId")?;
+            let initial_message = fields.optional_str("initialMessage")?;
+            let queue = fields.optional_str("queue")?;
+            let assignment = fields.assignment()?;
+            let metadata = fields.optional_object("metadata")?.cloned();
+            // Every field is read by now: the body itself goes with the event, not a copy.
+            Ok(TicketEvent::Opened(TicketOpened {
+                user_id,
+                bot_id,
+                initial_message,
+                queue,
+                assignment,
+                metadata: metadata.unwrap_or_default(),
+                ticket_id,
+                body: value,
+            }))
+        }
         EventKind::Resolved => Ok(TicketEvent::Resolved(TicketResolved {
             user_id: fields.optional_str("userId")?,
             bot_id: fields.optional_str("botId")?,
@@ -155,10 +164,10 @@ impl Fields<'_> {
         }
     }
 
-    fn optional_object(&self, name: &str) -> Result<Option<Map<String, Value>>, InvalidMessage> {
+    fn optional_object(&self, name: &str) -> Result<Option<&Map<String, Value>>, InvalidMessage> {
         match self.obj.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(m)) => Ok(Some(m.clone())),
+            Some(Value::Object(m)) => Ok(Some(m)),
             Some(other) => Err(self.error(format!(
                 "field `{name}`: expected an object, got {}",
                 type_name(other)
@@ -171,7 +180,7 @@ impl Fields<'_> {
             return Ok(None);
         };
         let inner = Fields {
-            obj: &obj,
+            obj,
             ticket_id: self.ticket_id.clone(),
             kind: self.kind,
         };
@@ -205,7 +214,7 @@ impl Fields<'_> {
             (None, Some(obj)) => obj,
         };
         let inner = Fields {
-            obj: &obj,
+            obj,
             ticket_id: self.ticket_id.clone(),
             kind: self.kind,
         };
@@ -259,7 +268,7 @@ impl Fields<'_> {
             }
             Some(_) => {}
         }
-        Ok(Some(Value::Object(obj)))
+        Ok(Some(Value::Object(obj.clone())))
     }
 }
 
