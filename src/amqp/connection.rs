@@ -35,10 +35,10 @@ pub async fn connect_to(
     let runtime = lapin::runtime::default_runtime()
         .map_err(|e| anyhow::anyhow!("no async runtime for the broker connection: {e}"))?;
     let uri = with_frame_max(url.expose_secret()).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot connect to the broker at {}: {e}",
-            redacted_url(url.expose_secret())
-        )
+        let name = redacted_url(url.expose_secret());
+        // The parser may quote the URL it refuses: never with its password.
+        let e = e.replace(url.expose_secret(), &name);
+        anyhow::anyhow!("cannot connect to the broker at {name}: {e}")
     })?;
     Connection::connect_uri_with_config(uri, props, tls, runtime)
         .await
@@ -187,6 +187,18 @@ mod tests {
         let uri = with_frame_max("amqp://u:p@h:5672/%2f?frame_max=131072").unwrap();
         assert_eq!(uri.query.frame_max, Some(131_072));
         assert!(with_frame_max("amqp://h:notaport/").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_url_the_client_refuses_is_named_without_its_password() {
+        let settings = Settings::defaults().amqp;
+        let url = SecretString::from("amqp:guest:pw-secret@localhost");
+        let e = connect_to(&settings, &url, "test")
+            .await
+            .expect_err("a URL without an authority is refused")
+            .to_string();
+        assert!(e.contains("Invalid URL"), "{e}");
+        assert!(!e.contains("pw-secret"), "{e}");
     }
 
     #[test]

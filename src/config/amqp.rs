@@ -138,6 +138,7 @@ impl AmqpSettings {
         if !matches!(url.scheme(), "amqp" | "amqps") {
             return Err(ConfigError::new("amqp.url", "scheme must be amqp or amqps"));
         }
+        amqp_uri(&self.url).map_err(|e| ConfigError::new("amqp.url", e))?;
         for (i, other) in self.failover_urls.iter().enumerate() {
             // Which entry, never its text: it may hold a password.
             let key = "amqp.failover_urls";
@@ -149,6 +150,7 @@ impl AmqpSettings {
                     format!("entry {}: scheme must be amqp or amqps", i + 1),
                 ));
             }
+            amqp_uri(other).map_err(|e| ConfigError::new(key, format!("entry {}: {e}", i + 1)))?;
         }
         for (key, value) in [
             ("amqp.exchange", &self.exchange),
@@ -233,6 +235,20 @@ impl AmqpSettings {
         }
         Ok(())
     }
+}
+
+/// What the AMQP client will make of a node's URL (`frame_max` and the other query parameters
+/// included), checked when the configuration loads rather than at the first connection. The
+/// reason never quotes the URL: it may hold a password.
+fn amqp_uri(url: &SecretString) -> Result<(), String> {
+    let raw = url.expose_secret();
+    raw.parse::<lapin::uri::AMQPUri>().map(|_| ()).map_err(|e| {
+        if e.contains(raw) {
+            "not an AMQP URL: it needs a host (amqp://user:password@host:port/vhost)".to_string()
+        } else {
+            format!("not an AMQP URL: {e}")
+        }
+    })
 }
 
 #[cfg(test)]

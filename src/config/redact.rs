@@ -10,6 +10,8 @@ const REDACTED: &str = "[redacted]";
 /// The URL with any password replaced.
 pub fn redacted_url(raw: &str) -> String {
     match url::Url::parse(raw) {
+        // No authority to show (`amqp:user:password@host`): nothing of it is shown.
+        Ok(url) if url.cannot_be_a_base() => REDACTED.to_string(),
         Ok(mut url) => {
             if url.password().is_some() {
                 let _ = url.set_password(Some("redacted"));
@@ -90,5 +92,40 @@ mod tests {
             "amqp.url and both failover nodes"
         );
         assert!(!format!("{s:?}").contains("sk-live-abc"));
+    }
+
+    #[test]
+    fn a_url_without_an_authority_is_refused_and_never_shown() {
+        assert_eq!(
+            super::redacted_url("amqp:bob:hunter2@rabbit"),
+            super::REDACTED
+        );
+        for (key, value) in [
+            ("JELOU_BRIDGE__AMQP__URL", "amqp:bob:hunter2@rabbit"),
+            (
+                "JELOU_BRIDGE__AMQP__FAILOVER_URLS",
+                "amqp:bob:hunter2@rabbit",
+            ),
+        ] {
+            let e = Settings::load(&vars(&[(key, value)]), true)
+                .expect_err("no host: refused when the configuration loads")
+                .to_string();
+            assert!(e.contains("needs a host"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let e = Settings::load(
+            &vars(&[(
+                "JELOU_BRIDGE__AMQP__URL",
+                "amqp://bob:hunter2@rabbit/%2f?frame_max=big",
+            )]),
+            true,
+        )
+        .expect_err("a query parameter the client cannot read")
+        .to_string();
+        assert!(
+            e.contains("amqp.url") && e.contains("not an AMQP URL"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
     }
 }
