@@ -130,9 +130,15 @@ start_node() {
 }
 
 await_node() {
-  local n=$1
-  ctl "$n" -q await_startup --timeout 120 >/dev/null 2>&1 \
-    || die "$(node_name "$n") did not start; see $base/n$n/log/"
+  local n=$1 deadline=$((SECONDS + 120)) why
+  # Until a new node's Erlang VM is up and registered, rabbitmqctl cannot reach it and gives
+  # up at once (seen on a fresh machine: the first start failed while the node came up
+  # seconds later); so ask again until the deadline.
+  until why=$(ctl "$n" -q await_startup --timeout 30 2>&1); do
+    [ "$SECONDS" -lt "$deadline" ] \
+      || die "$(node_name "$n") did not start within 120s ($(printf '%s' "$why" | tail -1)); see $base/n$n/log/"
+    sleep 1
+  done
 }
 
 in_cluster() { # node: is it a running member of node 1's cluster?
