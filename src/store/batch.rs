@@ -177,7 +177,7 @@ async fn run(
     lease_ms: i64,
     mut rx: mpsc::UnboundedReceiver<Write>,
 ) {
-    let sqlite = pool.connect_options().database_url.scheme() == "sqlite";
+    let sqlite = super::sqlite::is_sqlite(&pool);
     let mut writer = Writer {
         pool,
         clock,

@@ -28,7 +28,7 @@ impl Drop for Hold {
 impl Store {
     /// Measures the offset between this host's clock and the database's (PostgreSQL).
     pub async fn sync_clock(&self) -> Result<(), StoreError> {
-        if self.pool.connect_options().database_url.scheme() == "sqlite" {
+        if super::sqlite::is_sqlite(&self.pool) {
             return Ok(());
         }
         // This host's own clock, not the store's (which already carries the offset).

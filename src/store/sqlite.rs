@@ -5,6 +5,11 @@ use std::path::PathBuf;
 
 use super::StoreError;
 
+/// Whether `pool` is an embedded SQLite store (else PostgreSQL).
+pub(super) fn is_sqlite(pool: &sqlx::AnyPool) -> bool {
+    pool.connect_options().database_url.scheme() == "sqlite"
+}
+
 /// The file of the pool's database as SQLite resolved it (whatever the URL's spelling);
 /// None for a database in memory.
 pub(super) async fn database_file(pool: &sqlx::AnyPool) -> Result<Option<PathBuf>, StoreError> {
