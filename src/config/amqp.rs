@@ -237,12 +237,12 @@ impl AmqpSettings {
     }
 }
 
-/// What the AMQP client will make of a node's URL (`frame_max` and the other query parameters
-/// included), checked when the configuration loads rather than at the first connection. The
-/// reason never quotes the URL: it may hold a password.
-fn amqp_uri(url: &SecretString) -> Result<(), String> {
+/// A node's URL as the AMQP client reads it (`frame_max` and the other query parameters
+/// included): what validation checks when the configuration loads, and what the connection
+/// opens. The reason never quotes the URL: it may hold a password.
+pub fn amqp_uri(url: &SecretString) -> Result<lapin::uri::AMQPUri, String> {
     let raw = url.expose_secret();
-    raw.parse::<lapin::uri::AMQPUri>().map(|_| ()).map_err(|e| {
+    raw.parse::<lapin::uri::AMQPUri>().map_err(|e| {
         if e.contains(raw) {
             "not an AMQP URL: it needs a host (amqp://user:password@host:port/vhost)".to_string()
         } else {

@@ -31,7 +31,7 @@ mod store;
 mod telemetry;
 mod webhook;
 
-pub use amqp::{AmqpSettings, QueueType};
+pub use amqp::{amqp_uri, AmqpSettings, QueueType};
 use error::from_config_error;
 pub use error::ConfigError;
 pub use http::{AdminSettings, HttpSettings};
