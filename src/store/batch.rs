@@ -131,6 +131,13 @@ fn stopped() -> StoreError {
     StoreError::WriterStopped
 }
 
+/// PostgreSQL plans a prepared statement for its first executions, then may keep one
+/// generic plan for the connection's life. Made on a new store's first rounds, on a table
+/// of a few rows, that plan scans the table (as cheap as a key lookup then) and costs more
+/// as the store grows. Planned each time (the statements stay prepared), a round's
+/// statements follow the table's size, for a planning cost per round.
+pub(super) const PLAN_EACH_TIME: &str = "SET plan_cache_mode = force_custom_plan";
+
 /// The batches' connection, taken from the pool on first use and given back (closed) after
 /// an error, so that a broken one is replaced.
 struct Writer {
@@ -149,7 +156,11 @@ impl Writer {
             return Err(sqlx::Error::PoolClosed);
         }
         if self.conn.is_none() {
-            self.conn = Some(self.pool.acquire().await?);
+            let mut conn = self.pool.acquire().await?;
+            if !self.sqlite {
+                sqlx::query(PLAN_EACH_TIME).execute(&mut *conn).await?;
+            }
+            self.conn = Some(conn);
         }
         Ok(self.conn.as_mut().expect("just set"))
     }
@@ -335,28 +346,7 @@ async fn supersede_after(
     if started.is_empty() {
         return Ok(rows);
     }
-    let values: Vec<String> = (0..started.len())
-        .map(|i| {
-            let p = 2 + 4 * i;
-            format!("(${p}, ${}, ${}, ${})", p + 1, p + 2, p + 3)
-        })
-        .collect();
-    // Without statistics SQLite walks every active ticket (`tickets_state`) for each row of
-    // `VALUES`, a cost that grows with the store; the user's index finds the few rows there.
-    let indexed = if writer.sqlite {
-        " INDEXED BY tickets_bot_user"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "UPDATE tickets{indexed} SET state = 'closed', ended_reason = '{SUPERSEDED}', owner = NULL, \
-         lease_until = NULL, last_error = 'its conversation was replaced by ticket ' || v.column1, \
-         updated_at = $1 \
-         FROM (VALUES {}) AS v WHERE tickets.bot_id = v.column2 AND tickets.user_id = v.column3 \
-         AND tickets.state = 'active' AND tickets.ticket_id <> v.column1 \
-         AND tickets.conversation_id <> v.column4",
-        values.join(", ")
-    );
+    let sql = supersede_sql(started.len(), writer.sqlite);
     let mut query = sqlx::query(&sql).bind(writer.clock.now());
     for r in &started {
         query = query
@@ -370,6 +360,33 @@ async fn supersede_after(
     writer.check(&done);
     report_superseded(done?.rows_affected());
     Ok(rows)
+}
+
+/// The supersede statement for `rows` starts: $1 the time, then ticket, bot, user and
+/// conversation of each.
+pub(super) fn supersede_sql(rows: usize, sqlite: bool) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| {
+            let p = 2 + 4 * i;
+            format!("(${p}, ${}, ${}, ${})", p + 1, p + 2, p + 3)
+        })
+        .collect();
+    // Without statistics SQLite walks every active ticket (`tickets_state`) for each row of
+    // `VALUES`, a cost that grows with the store; the user's index finds the few rows there.
+    let indexed = if sqlite {
+        " INDEXED BY tickets_bot_user"
+    } else {
+        ""
+    };
+    format!(
+        "UPDATE tickets{indexed} SET state = 'closed', ended_reason = '{SUPERSEDED}', owner = NULL, \
+         lease_until = NULL, last_error = 'its conversation was replaced by ticket ' || v.column1, \
+         updated_at = $1 \
+         FROM (VALUES {}) AS v WHERE tickets.bot_id = v.column2 AND tickets.user_id = v.column3 \
+         AND {STILL_ACTIVE} AND tickets.ticket_id <> v.column1 \
+         AND tickets.conversation_id <> v.column4",
+        values.join(", ")
+    )
 }
 
 /// Logs and counts the tickets a round's starts superseded, once the round is written (both
@@ -398,22 +415,22 @@ fn answer_finishes(
     }
 }
 
+/// A round's conditions on the state, written so that no index can serve them: the finish
+/// finds each row by its key, the supersede a user's rows by the user's index. Left to
+/// itself PostgreSQL's planner reads the state's stretch of `tickets_state` instead when it
+/// expects few rows there: it does on a new store's small table, and the `starting`
+/// stretch (every ticket passes through it) also holds an entry for each row a finish moved
+/// on, dead until a vacuum. Either way a round cost more as the store grew.
+const STILL_STARTING: &str = "tickets.state || '' = 'starting'";
+const STILL_ACTIVE: &str = "tickets.state || '' = 'active'";
+
 /// `finish_start`'s statement for many tickets: record each conversation on a row still
 /// `starting`; rows another process finished first are left alone (and not returned).
 async fn finish_rows(
     writer: &mut Writer,
     finishes: &[Finish],
 ) -> Result<HashMap<String, TicketRecord>, sqlx::Error> {
-    let rows: Vec<String> = (0..finishes.len())
-        .map(|i| format!("(${}, ${})", 2 + 2 * i, 3 + 2 * i))
-        .collect();
-    let sql = format!(
-        "UPDATE tickets SET state = 'active', conversation_id = v.column2, owner = NULL, \
-         lease_until = NULL, last_error = NULL, updated_at = $1 \
-         FROM (VALUES {}) AS v WHERE tickets.ticket_id = v.column1 AND tickets.state = 'starting' \
-         RETURNING {COLUMNS}",
-        rows.join(", ")
-    );
+    let sql = finish_sql(finishes.len());
     let mut query = sqlx::query_as::<_, TicketRecord>(&sql).bind(writer.clock.now());
     for f in finishes {
         query = query.bind(&f.ticket_id).bind(&f.conversation_id);
@@ -425,6 +442,21 @@ async fn finish_rows(
         .into_iter()
         .map(|r| (r.ticket_id.clone(), r))
         .collect())
+}
+
+/// The finish statement for `rows` tickets: $1 the time, then ticket and conversation of
+/// each.
+pub(super) fn finish_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| format!("(${}, ${})", 2 + 2 * i, 3 + 2 * i))
+        .collect();
+    format!(
+        "UPDATE tickets SET state = 'active', conversation_id = v.column2, owner = NULL, \
+         lease_until = NULL, last_error = NULL, updated_at = $1 \
+         FROM (VALUES {}) AS v WHERE tickets.ticket_id = v.column1 AND {STILL_STARTING} \
+         RETURNING {COLUMNS}",
+        values.join(", ")
+    )
 }
 
 /// PostgreSQL broke a lock cycle by failing this statement.

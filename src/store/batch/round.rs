@@ -8,7 +8,7 @@ use super::{Claim, Finish, Write};
 
 /// Most rows in one statement. It also bounds how many distinct statements (one per batch
 /// size) the driver keeps prepared.
-const MAX_BATCH: usize = 32;
+pub(in crate::store) const MAX_BATCH: usize = 32;
 
 /// What one round writes, taken from the queued writes; the rest wait for the next round.
 pub(in crate::store) struct Round {

@@ -208,3 +208,89 @@ async fn a_finish_batch_chosen_as_a_deadlock_victim_finishes_each_ticket_alone()
     }
     store.close().await;
 }
+
+/// The plan PostgreSQL gives `statement` (prepared as `name`) for `args`, as text.
+async fn plan(conn: &mut PgConnection, name: &str, args: &str) -> String {
+    let rows = sqlx::raw_sql(&format!("EXPLAIN EXECUTE {name}({args})"))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    use sqlx::Row;
+    rows.iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A round's finish and supersede statements find their rows by key and by user however
+/// much the table grew after the writer's connection first ran them: the store starts
+/// empty, and PostgreSQL would otherwise keep the plan of its first rounds (walking every
+/// active ticket through `tickets_state`), or scan the `starting` stretch of that index,
+/// which holds a dead entry for every ticket finished since the last vacuum. Either made
+/// each round cost more as the store grew (the benchmark's PostgreSQL case slowed from
+/// 1,750 to 1,250 tickets/s between a 20,000 and a 30,000 backlog).
+#[tokio::test]
+async fn a_rounds_statements_find_rows_by_key_and_user_at_any_table_size() {
+    use super::{finish_sql, supersede_sql, PLAN_EACH_TIME};
+
+    // A full round.
+    const ROWS: usize = super::round::MAX_BATCH;
+    let db = Database::create().await;
+    let store = store(&db).await;
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    // The writer's connection, as the batcher sets it up, on a new store's few tickets.
+    sqlx::query(PLAN_EACH_TIME)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let fill = |prefix: &str, state: &str, n: usize| {
+        format!(
+            "INSERT INTO tickets (ticket_id, bot_id, user_id, conversation_id, state, owner, \
+             created_at, updated_at) SELECT '{prefix}' || g, 'bot', '{prefix}' || g, \
+             CASE WHEN '{state}' = 'active' THEN 'c' || g END, '{state}', \
+             CASE WHEN '{state}' = 'starting' THEN 'me' END, g, g FROM generate_series(1, {n}) g"
+        )
+    };
+    sqlx::raw_sql(&fill("a", "active", 3))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let statements = format!(
+        "PREPARE finish AS {}; PREPARE supersede AS {}",
+        finish_sql(ROWS),
+        supersede_sql(ROWS, false)
+    );
+    sqlx::raw_sql(&statements).execute(&mut conn).await.unwrap();
+    let args = |row: &dyn Fn(usize) -> String| {
+        let rows: Vec<String> = (0..ROWS).map(row).collect();
+        format!("1, {}", rows.join(", "))
+    };
+    let finish_args = args(&|i| format!("'x{i}', 'c'"));
+    let supersede_args = args(&|i| format!("'x{i}', 'bot', 'u{i}', 'c'"));
+    // More runs than PostgreSQL's five before it may settle on one plan for good.
+    for _ in 0..8 {
+        let run = format!("EXECUTE finish({finish_args}); EXECUTE supersede({supersede_args})");
+        sqlx::raw_sql(&run).execute(&mut conn).await.unwrap();
+    }
+
+    // The store grows: many tickets finished (active), a few starting.
+    sqlx::raw_sql(&format!(
+        "{}; {}",
+        fill("b", "active", 20_000),
+        fill("s", "starting", 40)
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let finish = plan(&mut conn, "finish", &finish_args).await;
+    assert!(
+        finish.contains("tickets_pkey") && !finish.contains("tickets_state"),
+        "the finish should find each row by its key:\n{finish}"
+    );
+    let supersede = plan(&mut conn, "supersede", &supersede_args).await;
+    assert!(
+        supersede.contains("tickets_bot_user") && !supersede.contains("tickets_state"),
+        "the supersede should find the user's tickets by the user's index:\n{supersede}"
+    );
+    store.close().await;
+}
