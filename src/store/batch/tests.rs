@@ -209,7 +209,7 @@ async fn a_finish_batch_chosen_as_a_deadlock_victim_finishes_each_ticket_alone()
     store.close().await;
 }
 
-/// The plan PostgreSQL gives `statement` (prepared as `name`) for `args`, as text.
+/// The plan PostgreSQL gives the statement prepared as `name` for `args`, as text.
 async fn plan(conn: &mut PgConnection, name: &str, args: &str) -> String {
     let rows = sqlx::raw_sql(&format!("EXPLAIN EXECUTE {name}({args})"))
         .fetch_all(&mut *conn)
@@ -224,8 +224,9 @@ async fn plan(conn: &mut PgConnection, name: &str, args: &str) -> String {
 
 /// A round's finish and supersede statements find their rows by key and by user however
 /// much the table grew after the writer's connection first ran them: the store starts
-/// empty, and PostgreSQL would otherwise keep the plan of its first rounds (walking every
-/// active ticket through `tickets_state`), or scan the `starting` stretch of that index,
+/// empty, and PostgreSQL would otherwise keep the plan of its first rounds (a scan of the
+/// table, or of every active ticket through `tickets_state`), or read the `starting`
+/// stretch of that index,
 /// which holds a dead entry for every ticket finished since the last vacuum. Either made
 /// each round cost more as the store grew (the benchmark's PostgreSQL case slowed from
 /// 1,750 to 1,250 tickets/s between a 20,000 and a 30,000 backlog).
