@@ -101,12 +101,20 @@ fn provider_builder(service_name: &str) -> opentelemetry_sdk::trace::TracerProvi
 
 /// The layer that turns the bridge's spans into OpenTelemetry spans. Its own filter keeps it
 /// to the bridge's spans and events, at `info` and above, whatever `log.level` says.
-fn trace_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
+///
+/// A span's busy and idle times, thread and code location are attributes of the exported
+/// span, nothing else: when `exported` is false (no `telemetry.otlp_endpoint`) they are not
+/// gathered. The busy and idle times alone read the clock at every enter and exit of a span,
+/// that is at every poll of a delivery's future.
+fn trace_layer<S>(provider: &SdkTracerProvider, exported: bool) -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("jelou-bridge"))
+        .with_tracked_inactivity(exported)
+        .with_threads(exported)
+        .with_location(exported)
         .with_filter(bridge_targets())
 }
 
@@ -211,7 +219,7 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Tracing,
     let _ = tracing_subscriber::registry()
         .with(recorded)
         .with(fmt)
-        .with(trace_layer(&provider))
+        .with(trace_layer(&provider, telemetry.traces_url().is_some()))
         .try_init();
     Ok(Tracing { provider })
 }
@@ -225,7 +233,7 @@ pub fn init_trace_context_only() {
     // A global filter in front, for the reason the module says.
     let _ = tracing_subscriber::registry()
         .with(bridge_targets())
-        .with(trace_layer(provider))
+        .with(trace_layer(provider, false))
         .try_init();
 }
 
