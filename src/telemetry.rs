@@ -112,6 +112,10 @@ where
 {
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("jelou-bridge"))
+        // No OpenTelemetry context made current at every enter of a span (a clone and a
+        // thread-local push at every poll of a delivery): the bridge reads a span's context
+        // from the span itself, and a new span's parent is the current tracing span.
+        .with_context_activation(false)
         .with_tracked_inactivity(exported)
         .with_threads(exported)
         .with_location(exported)
