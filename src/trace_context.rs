@@ -5,12 +5,12 @@
 //! The context written is always the one of a `tracing` span (the delivery's, or the Jelou
 //! call's), which the trace layer of [`crate::telemetry`] gives OpenTelemetry ids.
 
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::amqp::set_str;

@@ -97,7 +97,7 @@ impl JelouSettings {
         // Sent as the x-api-key header, which cannot carry control characters (a trailing
         // newline from a secrets file, say) or non-ASCII.
         if let Some(key) = &self.api_key {
-            if reqwest::header::HeaderValue::from_str(key.expose_secret()).is_err() {
+            if http::HeaderValue::from_str(key.expose_secret()).is_err() {
                 return Err(ConfigError::new(
                     "jelou.api_key",
                     "holds characters an HTTP header cannot carry (a control character such as a trailing newline, or non-ASCII)",

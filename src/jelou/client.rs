@@ -1,11 +1,24 @@
-//! The HTTP client for Jelou's external-support API: one pooled `reqwest` client, start and
-//! close paths configured separately, `x-api-key` or HTTP Basic, a timeout on every call.
+//! The HTTP client for Jelou's external-support API: one pooled HTTP/1.1 client (hyper-util's,
+//! with rustls and Mozilla's roots), start and close paths configured separately, `x-api-key`
+//! or HTTP Basic, a timeout on every call.
+//!
+//! Not reqwest: its redirect layer parses every request's URL twice, even with redirects off,
+//! some 5 % of the bridge's instructions a ticket (docs/performance.md). The bridge never
+//! follows a redirect (a redirected POST could carry the credentials elsewhere), so hyper's
+//! client is all it needs.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use base64::Engine;
-use reqwest::header::{self, HeaderName, HeaderValue};
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::ConfigBuilderExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use tracing::Instrument;
@@ -66,13 +79,20 @@ impl Conversation {
     }
 }
 
+/// hyper-util's pooled client over plain TCP (a loopback stand-in) or TLS.
+type HttpClient =
+    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("jelou-bridge/", env!("CARGO_PKG_VERSION")));
+
 pub struct JelouClient {
-    http: reqwest::Client,
-    start_url: reqwest::Url,
-    close_url: reqwest::Url,
+    http: HttpClient,
+    start_url: Uri,
+    close_url: Uri,
     /// With `{conversationId}` still in it.
     conversation_url: String,
-    messages_url: reqwest::Url,
+    messages_url: Uri,
     /// Signs send-message bodies; none when no `webhook.signing_secret` is set.
     signing_secret: Option<secrecy::SecretString>,
     /// The credentials header, built once and marked sensitive (never printed); none in a
@@ -92,14 +112,22 @@ impl JelouClient {
         settings: &JelouSettings,
         signing_secret: Option<secrecy::SecretString>,
     ) -> anyhow::Result<Self> {
+        Self::with_tls(settings, signing_secret, tls_config()?)
+    }
+
+    /// [`JelouClient::new`] trusting what `tls` trusts (a test's own CA).
+    fn with_tls(
+        settings: &JelouSettings,
+        signing_secret: Option<secrecy::SecretString>,
+        tls: rustls::ClientConfig,
+    ) -> anyhow::Result<Self> {
         let project = settings.project_id.clone().unwrap_or_default();
         let url = |path: &str| {
-            let url = format!(
+            absolute_uri(&format!(
                 "{}{}",
                 settings.base_url.trim_end_matches('/'),
                 path.replace("{projectId}", &project)
-            );
-            reqwest::Url::parse(&url).with_context(|| format!("jelou URL {url:?}"))
+            ))
         };
         let auth = match settings.auth {
             JelouAuth::ApiKey => settings.api_key.as_ref().map(|key| {
@@ -132,16 +160,7 @@ impl JelouClient {
             }
             None => None,
         };
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.connect_timeout)
-            // A redirected POST could carry the credentials somewhere else.
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .user_agent(concat!("jelou-bridge/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = http_client(settings, tls);
         let conversation_url = format!(
             "{}{}",
             settings.base_url.trim_end_matches('/'),
@@ -152,8 +171,7 @@ impl JelouClient {
             start_url: url(&settings.start_path)?,
             close_url: url(&settings.close_path)?,
             conversation_url,
-            messages_url: reqwest::Url::parse(&settings.messages_url)
-                .with_context(|| format!("jelou.messages_url {:?}", settings.messages_url))?,
+            messages_url: absolute_uri(&settings.messages_url).context("jelou.messages_url")?,
             signing_secret: signing_secret.filter(|s| !s.expose_secret().is_empty()),
             auth,
             timeout: settings.timeout,
@@ -206,12 +224,12 @@ impl JelouClient {
         };
         let body = serde_json::to_vec(req).map_err(|e| JelouError::Transport(e.to_string()))?;
         let signature = crate::webhook::sign(secret.expose_secret().as_bytes(), &body);
-        let request = self
-            .http
-            .post(self.messages_url.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(crate::webhook::SIGNATURE_HEADER, signature)
-            .body(body);
+        let signature = HeaderValue::try_from(signature)
+            .map_err(|e| JelouError::Transport(format!("the signature header: {e}")))?;
+        let mut request = request(Method::POST, self.messages_url.clone(), body.into());
+        let headers = request.headers_mut();
+        headers.insert(header::CONTENT_TYPE, json_type());
+        headers.insert(crate::webhook::SIGNATURE_HEADER, signature);
         self.send(Endpoint::Message, request).await.map(|_| ())
     }
 
@@ -221,12 +239,10 @@ impl JelouClient {
             "{conversationId}",
             &url::form_urlencoded::byte_serialize(conversation_id.as_bytes()).collect::<String>(),
         );
-        let url = reqwest::Url::parse(&url)
+        let url = url
+            .parse::<Uri>()
             .map_err(|e| JelouError::Transport(format!("conversation URL {url:?}: {e}")))?;
-        let mut request = self.http.get(url);
-        if let Some((name, value)) = &self.auth {
-            request = request.header(name, value.clone());
-        }
+        let request = self.with_auth(request(Method::GET, url, Bytes::new()));
         let (status, data, raw) = self.send(Endpoint::Conversation, request).await?;
         let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
         // Jelou names the id `_id`; accept `id`/`conversationId` too.
@@ -253,14 +269,23 @@ impl JelouClient {
     async fn post<B: serde::Serialize>(
         &self,
         endpoint: Endpoint,
-        url: &reqwest::Url,
+        url: &Uri,
         body: &B,
-    ) -> Result<(u16, Value, bytes::Bytes), JelouError> {
-        let mut request = self.http.post(url.clone()).json(body);
+    ) -> Result<(u16, Value, Bytes), JelouError> {
+        let body = serde_json::to_vec(body).map_err(|e| JelouError::Transport(e.to_string()))?;
+        let mut request = request(Method::POST, url.clone(), body.into());
+        request
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, json_type());
+        self.send(endpoint, self.with_auth(request)).await
+    }
+
+    /// `request` with the credentials header, when there are credentials.
+    fn with_auth(&self, mut request: Request<Full<Bytes>>) -> Request<Full<Bytes>> {
         if let Some((name, value)) = &self.auth {
-            request = request.header(name, value.clone());
+            request.headers_mut().insert(name, value.clone());
         }
-        self.send(endpoint, request).await
+        request
     }
 
     /// Sends one request through the gate, counts and times it; a 2xx answer yields its
@@ -270,8 +295,8 @@ impl JelouClient {
     async fn send(
         &self,
         endpoint: Endpoint,
-        request: reqwest::RequestBuilder,
-    ) -> Result<(u16, Value, bytes::Bytes), JelouError> {
+        request: Request<Full<Bytes>>,
+    ) -> Result<(u16, Value, Bytes), JelouError> {
         let pass = self.gate.admit(&self.shutdown).await?;
         let result = self.send_now(endpoint, request).await;
         self.gate.record(pass, &result);
@@ -281,8 +306,8 @@ impl JelouClient {
     async fn send_now(
         &self,
         endpoint: Endpoint,
-        request: reqwest::RequestBuilder,
-    ) -> Result<(u16, Value, bytes::Bytes), JelouError> {
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<(u16, Value, Bytes), JelouError> {
         let span = tracing::info_span!(
             "jelou.call",
             otel.name = tracing::field::Empty,
@@ -293,19 +318,26 @@ impl JelouClient {
         span.record("otel.name", format!("jelou {}", endpoint.as_str()).as_str());
         let started = Instant::now();
         let result = async {
-            let mut request = request.build().map_err(|e| self.transport_error(e))?;
             crate::trace_context::inject_http(&tracing::Span::current(), request.headers_mut());
-            let response = self
-                .http
-                .execute(request)
+            let target = Target::of(request.method(), request.uri());
+            // The timeout covers the whole call: connecting, sending, the answer's body.
+            let call = async {
+                let response = self
+                    .http
+                    .request(request)
+                    .await
+                    .map_err(|e| target.client_error(&e))?;
+                let (head, body) = response.into_parts();
+                let raw = body
+                    .collect()
+                    .await
+                    .map_err(|e| target.lost_answer(&e))?
+                    .to_bytes();
+                Ok::<_, JelouError>((head.status.as_u16(), head.headers, raw))
+            };
+            let (status, headers, raw) = tokio::time::timeout(self.timeout, call)
                 .await
-                .map_err(|e| self.transport_error(e))?;
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let raw = response
-                .bytes()
-                .await
-                .map_err(|e| self.transport_error(e))?;
+                .map_err(|_| JelouError::Timeout(self.timeout))??;
             tracing::Span::current().record("http.response.status_code", status);
             Ok::<_, JelouError>((status, headers, raw))
         }
@@ -334,37 +366,114 @@ impl JelouClient {
             .unwrap_or_else(|| Value::Object(Default::default()));
         Ok((status, data, raw))
     }
+}
 
-    fn transport_error(&self, e: reqwest::Error) -> JelouError {
-        if e.is_timeout() {
-            JelouError::Timeout(self.timeout)
-        } else if e.is_connect() {
-            JelouError::NotSent(crate::error::error_chain(&e))
+/// Rustls with Mozilla's roots (webpki-roots) and the ring provider, named explicitly so that
+/// a second provider in the tree cannot make the choice ambiguous.
+fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_webpki_roots()
+    .with_no_client_auth())
+}
+
+/// One pool of HTTP/1.1 connections to Jelou, kept up to a minute when idle. Plain http is
+/// only ever a loopback stand-in (the configuration refuses it elsewhere).
+fn http_client(settings: &JelouSettings, tls: rustls::ClientConfig) -> HttpClient {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_connect_timeout(Some(settings.connect_timeout));
+    tcp.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// An absolute http(s) URL as a request target; what `url` accepts and normalises, hyper's
+/// `Uri` takes as is.
+fn absolute_uri(raw: &str) -> anyhow::Result<Uri> {
+    let url = url::Url::parse(raw).with_context(|| format!("jelou URL {raw:?}"))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        anyhow::bail!("jelou URL {raw:?}: not an http(s) URL with a host");
+    }
+    url.as_str()
+        .parse()
+        .with_context(|| format!("jelou URL {raw:?}"))
+}
+
+fn request(method: Method, uri: Uri, body: Bytes) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    request.headers_mut().insert(header::USER_AGENT, USER_AGENT);
+    request
+}
+
+fn json_type() -> HeaderValue {
+    HeaderValue::from_static("application/json")
+}
+
+/// What a failed call names: the method and the URL without any user information (the
+/// credentials travel in headers, never in the URL, but a URL could still carry some).
+struct Target(String);
+
+impl Target {
+    fn of(method: &Method, uri: &Uri) -> Target {
+        let host = uri.host().unwrap_or("");
+        let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+        let scheme = uri.scheme_str().unwrap_or("http");
+        Target(format!("{method} {scheme}://{host}{port}{}", uri.path()))
+    }
+
+    /// No connection could be made (refused, DNS, TLS, the connect timeout): nothing was
+    /// sent. Anything later (a reset, a connection closed before the answer) may have acted.
+    fn client_error(&self, e: &hyper_util::client::legacy::Error) -> JelouError {
+        let text = format!("{}: {}", self.0, crate::error::error_chain(e));
+        if e.is_connect() {
+            JelouError::NotSent(text)
         } else {
-            // reqwest's Display names the URL (no credentials in it) and the cause.
-            JelouError::Transport(crate::error::error_chain(&e))
+            JelouError::Transport(text)
         }
+    }
+
+    /// The connection broke while the answer's body was read: the call may have acted.
+    fn lost_answer(&self, e: &hyper::Error) -> JelouError {
+        JelouError::Transport(format!(
+            "{}: reading the answer: {}",
+            self.0,
+            crate::error::error_chain(e)
+        ))
     }
 }
 
 /// What `check-config --probe` does for Jelou: a GET of `jelou.base_url`, with the configured
-/// timeouts and no credentials. Any HTTP answer means the host is reachable (the API itself
-/// needs credentials); Ok says which status it answered.
+/// timeouts, the bridge's own TLS settings and no credentials. Any HTTP answer means the host
+/// is reachable (the API itself needs credentials); Ok says which status it answered.
 pub async fn probe(settings: &JelouSettings) -> anyhow::Result<String> {
-    let http = reqwest::Client::builder()
-        .timeout(settings.timeout)
-        .connect_timeout(settings.connect_timeout)
-        .build()?;
-    match http.get(&settings.base_url).send().await {
-        Ok(resp) => Ok(format!(
-            "{} answered HTTP {}",
-            settings.base_url,
-            resp.status().as_u16()
-        )),
-        Err(e) => Err(anyhow::anyhow!(
-            "{}: {}",
-            settings.base_url,
-            crate::error::error_chain(&e)
+    let http = http_client(settings, tls_config()?);
+    let base = &settings.base_url;
+    let uri = absolute_uri(base)?;
+    let target = Target::of(&Method::GET, &uri);
+    match tokio::time::timeout(
+        settings.timeout,
+        http.request(request(Method::GET, uri, Bytes::new())),
+    )
+    .await
+    {
+        Ok(Ok(resp)) => Ok(format!("{base} answered HTTP {}", resp.status().as_u16())),
+        Ok(Err(e)) => Err(anyhow::anyhow!("{}", target.client_error(&e))),
+        Err(_) => Err(anyhow::anyhow!(
+            "{base}: no answer within {:?}",
+            settings.timeout
         )),
     }
 }
@@ -375,5 +484,178 @@ fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Jelou over HTTPS: a TLS server of the test's own, with a certificate for `localhost`
+    //! that a test CA signed.
+
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Server {
+        base_url: String,
+        ca: CertificateDer<'static>,
+        /// Each request's head and body as the server read it.
+        seen: tokio::sync::mpsc::UnboundedReceiver<String>,
+    }
+
+    /// Answers every request on every connection with a close's answer.
+    async fn https_server() -> Server {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    // A refused handshake (an untrusting client) just ends the connection.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = tls.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&got).to_string();
+                        let Some(head_end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(str::to_string)
+                            })
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if got.len() < head_end + 4 + length {
+                            continue;
+                        }
+                        let _ = tx.send(text);
+                        got.clear();
+                        let body = r#"{"status":"success","data":{"conversationId":"C-TLS","endedReason":"resolved"}}"#;
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tls.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Server {
+            base_url: format!("https://localhost:{port}"),
+            ca: ca_cert.der().clone(),
+            seen,
+        }
+    }
+
+    fn settings(base_url: &str) -> JelouSettings {
+        let mut settings = crate::config::Settings::defaults().jelou;
+        settings.base_url = base_url.to_string();
+        settings.project_id = Some("proj-tls".into());
+        settings.api_key = Some(secrecy::SecretString::from("tls-key".to_string()));
+        settings.timeout = Duration::from_secs(10);
+        settings
+    }
+
+    fn close() -> CloseRequest {
+        CloseRequest {
+            bot_id: "B-TLS".into(),
+            user_id: "U-TLS".into(),
+            redirect_payload: serde_json::json!({"ticketId": "T-TLS"}),
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_go_over_tls_to_a_server_whose_certificate_is_trusted() {
+        let mut server = https_server().await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server.ca.clone()).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let settings = settings(&server.base_url);
+        let path = settings.close_path.replace("{projectId}", "proj-tls");
+        let client = JelouClient::with_tls(&settings, None, tls).unwrap();
+
+        for _ in 0..2 {
+            let closed = client.close(&close()).await.expect("a close over TLS");
+            assert_eq!(closed.conversation_id.as_deref(), Some("C-TLS"));
+            assert_eq!(closed.ended_reason.as_deref(), Some("resolved"));
+            let request = server.seen.recv().await.unwrap();
+            let (head, body) = request.split_once("\r\n\r\n").unwrap();
+            let head = head.to_ascii_lowercase();
+            assert!(
+                head.starts_with(&format!("post {} http/1.1\r\n", path.to_ascii_lowercase())),
+                "{head}"
+            );
+            assert!(head.contains("\r\nx-api-key: tls-key"), "{head}");
+            assert!(head.contains("\r\nhost: localhost:"), "{head}");
+            assert!(
+                head.contains("\r\ncontent-type: application/json"),
+                "{head}"
+            );
+            let body: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(
+                body,
+                serde_json::json!({"botId": "B-TLS", "userId": "U-TLS", "redirectPayload": {"ticketId": "T-TLS"}})
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_certificate_the_roots_do_not_vouch_for_is_refused_before_anything_is_sent() {
+        let mut server = https_server().await;
+        // The bridge's own roots (Mozilla's): the test CA is not among them.
+        let client = JelouClient::new(&settings(&server.base_url), None).unwrap();
+        let err = client.close(&close()).await.unwrap_err();
+        assert!(matches!(err, JelouError::NotSent(_)), "{err:?}");
+        assert!(!err.may_have_taken_effect());
+        let text = err.to_string();
+        assert!(text.contains("certificate"), "{text}");
+        assert!(text.contains("POST https://localhost:"), "{text}");
+        assert!(
+            server.seen.try_recv().is_err(),
+            "nothing reached the server"
+        );
     }
 }

@@ -112,11 +112,7 @@ impl JelouError {
         }
     }
 
-    pub(crate) fn from_status(
-        status: u16,
-        headers: &reqwest::header::HeaderMap,
-        raw: &[u8],
-    ) -> Self {
+    pub(crate) fn from_status(status: u16, headers: &http::header::HeaderMap, raw: &[u8]) -> Self {
         let body = truncate(raw);
         JelouError::Status {
             status,
@@ -129,7 +125,7 @@ impl JelouError {
             }),
             body,
             retry_after: headers
-                .get(reqwest::header::RETRY_AFTER)
+                .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now())),
         }
@@ -263,7 +259,7 @@ mod tests {
         assert_eq!(summarize_error_body(b"<html>bad gateway</html>"), None);
         let e = JelouError::from_status(
             502,
-            &reqwest::header::HeaderMap::new(),
+            &http::header::HeaderMap::new(),
             b"<html>bad gateway</html>",
         );
         assert!(e.to_string().contains("bad gateway"), "{e}");
