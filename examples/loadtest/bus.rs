@@ -81,6 +81,9 @@ pub fn ticket_properties(i: usize) -> BasicProperties {
 
 /// Awaits publisher confirms in the background, in order; its channel's capacity bounds the
 /// publishes in flight.
+/// How long one publish or its confirm may take before the run fails.
+const BROKER_CALL: Duration = Duration::from_secs(60);
+
 pub struct Confirms {
     tx: mpsc::Sender<PublisherConfirm>,
     task: tokio::task::JoinHandle<usize>,
@@ -92,7 +95,10 @@ impl Confirms {
         let task = tokio::spawn(async move {
             let mut refused = 0;
             while let Some(confirm) = rx.recv().await {
-                if !matches!(confirm.await, Ok(c) if c.is_ack()) {
+                // Bounded: lapin can lose a confirm on a dying connection, and a benchmark
+                // that hangs says less than one that fails.
+                let answer = tokio::time::timeout(BROKER_CALL, confirm).await;
+                if !matches!(answer, Ok(Ok(c)) if c.is_ack()) {
                     refused += 1;
                 }
             }
@@ -109,15 +115,18 @@ impl Confirms {
         body: &[u8],
         properties: BasicProperties,
     ) -> anyhow::Result<()> {
-        let confirm = channel
-            .basic_publish(
+        let confirm = tokio::time::timeout(
+            BROKER_CALL,
+            channel.basic_publish(
                 exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions::default(),
                 body,
                 properties,
-            )
-            .await?;
+            ),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("a publish got no answer within {BROKER_CALL:?}"))??;
         self.tx
             .send(confirm)
             .await
@@ -128,7 +137,10 @@ impl Confirms {
     pub async fn finish(self) -> anyhow::Result<()> {
         drop(self.tx);
         let refused = self.task.await?;
-        anyhow::ensure!(refused == 0, "the broker refused {refused} publishes");
+        anyhow::ensure!(
+            refused == 0,
+            "the broker refused {refused} publishes, or confirmed none of them within {BROKER_CALL:?}"
+        );
         Ok(())
     }
 }
