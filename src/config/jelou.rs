@@ -167,6 +167,13 @@ fn is_blank(secret: &Option<SecretString>) -> bool {
 /// A URL Jelou is reached at: https, or plain http to a loopback stand-in.
 fn check_https_url(key: &str, raw: &str) -> Result<(), ConfigError> {
     let url = url::Url::parse(raw).map_err(|e| ConfigError::new(key, format!("not a URL: {e}")))?;
+    // The client sends no user information from a URL, and error lines name the URL.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::new(
+            key,
+            "must not carry a user or password (Jelou's credentials go in jelou.api_key, or jelou.client_id and jelou.client_secret)",
+        ));
+    }
     match url.scheme() {
         "https" => Ok(()),
         "http" if is_loopback(&url) => Ok(()),
@@ -220,9 +227,15 @@ mod tests {
             "http://localhost.example.com:8090",
             "http://0.0.0.0:8090",
             "ftp://127.0.0.1/",
+            "https://id:secret@gateway.jelou.ai",
+            "https://id@gateway.jelou.ai",
         ] {
             let err = load(bad).expect_err(bad);
             assert_eq!(err.key, "jelou.base_url", "{bad}: {err}");
+            assert!(
+                !err.to_string().contains("gateway"),
+                "the URL is not repeated: {err}"
+            );
         }
     }
 }

@@ -16,9 +16,11 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::ConfigBuilderExt;
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use tracing::Instrument;
@@ -80,8 +82,7 @@ impl Conversation {
 }
 
 /// hyper-util's pooled client over plain TCP (a loopback stand-in) or TLS.
-type HttpClient =
-    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = hyper_util::client::legacy::Client<Egress, Full<Bytes>>;
 
 const USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("jelou-bridge/", env!("CARGO_PKG_VERSION")));
@@ -112,14 +113,16 @@ impl JelouClient {
         settings: &JelouSettings,
         signing_secret: Option<secrecy::SecretString>,
     ) -> anyhow::Result<Self> {
-        Self::with_tls(settings, signing_secret, tls_config()?)
+        Self::with_tls(settings, signing_secret, tls_config()?, Matcher::from_env())
     }
 
-    /// [`JelouClient::new`] trusting what `tls` trusts (a test's own CA).
+    /// [`JelouClient::new`] trusting what `tls` trusts (a test's own CA) and going through
+    /// the proxies `proxy` names.
     fn with_tls(
         settings: &JelouSettings,
         signing_secret: Option<secrecy::SecretString>,
         tls: rustls::ClientConfig,
+        proxy: Matcher,
     ) -> anyhow::Result<Self> {
         let project = settings.project_id.clone().unwrap_or_default();
         let url = |path: &str| {
@@ -160,7 +163,7 @@ impl JelouClient {
             }
             None => None,
         };
-        let http = http_client(settings, tls);
+        let http = http_client(settings, tls, proxy);
         let conversation_url = format!(
             "{}{}",
             settings.base_url.trim_end_matches('/'),
@@ -239,9 +242,8 @@ impl JelouClient {
             "{conversationId}",
             &url::form_urlencoded::byte_serialize(conversation_id.as_bytes()).collect::<String>(),
         );
-        let url = url
-            .parse::<Uri>()
-            .map_err(|e| JelouError::Transport(format!("conversation URL {url:?}: {e}")))?;
+        // Through `url` as the configured URLs are (host names, percent-encoding).
+        let url = absolute_uri(&url).map_err(|e| JelouError::Transport(format!("{e:#}")))?;
         let request = self.with_auth(request(Method::GET, url, Bytes::new()));
         let (status, data, raw) = self.send(Endpoint::Conversation, request).await?;
         let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
@@ -381,21 +383,91 @@ fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
 
 /// One pool of HTTP/1.1 connections to Jelou, kept up to a minute when idle. Plain http is
 /// only ever a loopback stand-in (the configuration refuses it elsewhere).
-fn http_client(settings: &JelouSettings, tls: rustls::ClientConfig) -> HttpClient {
+fn http_client(
+    settings: &JelouSettings,
+    mut tls: rustls::ClientConfig,
+    proxy: Matcher,
+) -> HttpClient {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
-    tcp.set_connect_timeout(Some(settings.connect_timeout));
     tcp.set_nodelay(true);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(tcp);
+    // A peer that vanished without a word is noticed on an idle pooled connection.
+    tcp.set_keepalive(Some(Duration::from_secs(15)));
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = Egress {
+        tcp,
+        tls: Arc::new(tls),
+        proxy: Arc::new(proxy),
+        connect_timeout: settings.connect_timeout,
+    };
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
         .build(connector)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Connecting = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>, BoxError>,
+            > + Send,
+    >,
+>;
+
+/// How a connection to Jelou is made: directly, or through the HTTPS proxy that
+/// `HTTPS_PROXY`/`ALL_PROXY` name unless `NO_PROXY` exempts the host (curl's rules; an HTTP
+/// CONNECT tunnel, with the proxy URL's user and password as `Proxy-Authorization`); then
+/// TLS. `jelou.connect_timeout` bounds all of it, name lookup and handshake included. A plain
+/// http URL (only ever a loopback stand-in) is always reached directly.
+#[derive(Clone)]
+struct Egress {
+    tcp: HttpConnector,
+    tls: Arc<rustls::ClientConfig>,
+    proxy: Arc<Matcher>,
+    connect_timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Egress {
+    type Response = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Connecting {
+        let via = match dst.scheme_str() {
+            Some("https") => self.proxy.intercept(&dst),
+            _ => None,
+        };
+        let connecting = match via {
+            Some(via) => {
+                let mut tunnel = Tunnel::new(via.uri().clone(), self.tcp.clone());
+                if let Some(auth) = via.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                HttpsConnector::from((tunnel, self.tls.clone())).call(dst)
+            }
+            None => HttpsConnector::from((self.tcp.clone(), self.tls.clone())).call(dst),
+        };
+        let limit = self.connect_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within jelou.connect_timeout ({limit:?})"),
+                )
+                .into()),
+            }
+        })
+    }
 }
 
 /// An absolute http(s) URL as a request target; what `url` accepts and normalises, hyper's
@@ -459,7 +531,7 @@ impl Target {
 /// timeouts, the bridge's own TLS settings and no credentials. Any HTTP answer means the host
 /// is reachable (the API itself needs credentials); Ok says which status it answered.
 pub async fn probe(settings: &JelouSettings) -> anyhow::Result<String> {
-    let http = http_client(settings, tls_config()?);
+    let http = http_client(settings, tls_config()?, Matcher::from_env());
     let base = &settings.base_url;
     let uri = absolute_uri(base)?;
     let target = Target::of(&Method::GET, &uri);
@@ -601,21 +673,69 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn calls_go_over_tls_to_a_server_whose_certificate_is_trusted() {
-        let mut server = https_server().await;
+    fn no_proxy() -> Matcher {
+        Matcher::builder().build()
+    }
+
+    /// A client configuration that trusts the test CA only.
+    fn trusting(ca: &CertificateDer<'static>) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(server.ca.clone()).unwrap();
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        roots.add(ca.clone()).unwrap();
+        rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth()
+    }
+
+    /// An HTTP CONNECT proxy: sends each CONNECT request's head, then relays the tunnel.
+    async fn connect_proxy() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let _ = tx.send(head);
+                    let Ok(mut upstream) =
+                        tokio::net::TcpStream::connect(target.replace("localhost", "127.0.0.1"))
+                            .await
+                    else {
+                        return;
+                    };
+                    if client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .is_ok()
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    #[tokio::test]
+    async fn calls_go_over_tls_to_a_server_whose_certificate_is_trusted() {
+        let mut server = https_server().await;
+        let tls = trusting(&server.ca);
         let settings = settings(&server.base_url);
         let path = settings.close_path.replace("{projectId}", "proj-tls");
-        let client = JelouClient::with_tls(&settings, None, tls).unwrap();
+        let client = JelouClient::with_tls(&settings, None, tls, no_proxy()).unwrap();
 
         for _ in 0..2 {
             let closed = client.close(&close()).await.expect("a close over TLS");
@@ -657,5 +777,85 @@ mod tests {
             server.seen.try_recv().is_err(),
             "nothing reached the server"
         );
+    }
+
+    #[tokio::test]
+    async fn calls_go_through_the_https_proxy_the_environment_names_unless_no_proxy_exempts_the_host(
+    ) {
+        let mut server = https_server().await;
+        let (proxy_port, mut proxied) = connect_proxy().await;
+        let proxy =
+            || Matcher::builder().https(format!("http://relay:s3cret@127.0.0.1:{proxy_port}"));
+        let settings = settings(&server.base_url);
+        let port = server.base_url.rsplit(':').next().unwrap().to_string();
+
+        let client =
+            JelouClient::with_tls(&settings, None, trusting(&server.ca), proxy().build()).unwrap();
+        let closed = client
+            .close(&close())
+            .await
+            .expect("a close through the proxy");
+        assert_eq!(closed.conversation_id.as_deref(), Some("C-TLS"));
+        let connect = proxied.recv().await.unwrap();
+        assert!(
+            connect.starts_with(&format!("CONNECT localhost:{port} HTTP/1.1\r\n")),
+            "{connect}"
+        );
+        // relay:s3cret
+        assert!(
+            connect
+                .to_ascii_lowercase()
+                .contains("\r\nproxy-authorization: basic cmvsyxk6cznjcmv0\r\n"),
+            "{connect}"
+        );
+        assert!(server
+            .seen
+            .recv()
+            .await
+            .unwrap()
+            .contains("\r\nx-api-key: tls-key"));
+
+        // NO_PROXY naming the host: straight to it.
+        let direct = JelouClient::with_tls(
+            &settings,
+            None,
+            trusting(&server.ca),
+            proxy().no("localhost").build(),
+        )
+        .unwrap();
+        direct
+            .close(&close())
+            .await
+            .expect("a close without the proxy");
+        assert!(server.seen.recv().await.is_some());
+        assert!(proxied.try_recv().is_err(), "the proxy saw nothing");
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_that_never_ends_is_not_sent_within_the_connect_timeout() {
+        // Takes the connection, never answers the TLS hello.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                open.push(tcp);
+            }
+        });
+        let mut settings = settings(&format!("https://localhost:{port}"));
+        settings.connect_timeout = Duration::from_millis(300);
+        settings.timeout = Duration::from_secs(30);
+        let client =
+            JelouClient::with_tls(&settings, None, tls_config().unwrap(), no_proxy()).unwrap();
+        let started = Instant::now();
+        let err = client.close(&close()).await.unwrap_err();
+        assert!(matches!(err, JelouError::NotSent(_)), "{err:?}");
+        assert!(err.to_string().contains("jelou.connect_timeout"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        held.abort();
     }
 }
