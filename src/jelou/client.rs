@@ -447,6 +447,21 @@ impl tower_service::Service<Uri> for Egress {
             _ => None,
         };
         let connecting = match via {
+            // Only a plain-http proxy speaks CONNECT as the tunnel does; an https:// or
+            // socks proxy would get bytes it cannot read.
+            Some(via) if via.uri().scheme_str() != Some("http") => {
+                let named = format!(
+                    "{}://{}",
+                    via.uri().scheme_str().unwrap_or("?"),
+                    via.uri().host().unwrap_or("?")
+                );
+                Box::pin(async move {
+                    Err(std::io::Error::other(format!(
+                        "the proxy {named} (HTTPS_PROXY/ALL_PROXY) is not an http:// proxy: only HTTP CONNECT proxies are supported"
+                    ))
+                    .into())
+                })
+            }
             Some(via) => {
                 let mut tunnel = Tunnel::new(via.uri().clone(), self.tcp.clone());
                 if let Some(auth) = via.basic_auth() {
@@ -857,5 +872,28 @@ mod tests {
             started.elapsed()
         );
         held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_is_not_plain_http_is_refused_by_name_and_nothing_is_sent() {
+        let mut server = https_server().await;
+        for proxy in ["socks5://127.0.0.1:1", "https://user:pw@127.0.0.1:1"] {
+            let client = JelouClient::with_tls(
+                &settings(&server.base_url),
+                None,
+                trusting(&server.ca),
+                Matcher::builder().https(proxy).build(),
+            )
+            .unwrap();
+            let err = client.close(&close()).await.unwrap_err();
+            assert!(matches!(err, JelouError::NotSent(_)), "{proxy}: {err:?}");
+            let text = err.to_string();
+            assert!(text.contains("only HTTP CONNECT proxies"), "{text}");
+            assert!(!text.contains("pw"), "{text}");
+        }
+        assert!(
+            server.seen.try_recv().is_err(),
+            "nothing reached the server"
+        );
     }
 }
