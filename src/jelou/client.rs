@@ -86,6 +86,7 @@ type HttpClient = hyper_util::client::legacy::Client<Egress, Full<Bytes>>;
 
 const USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("jelou-bridge/", env!("CARGO_PKG_VERSION")));
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 pub struct JelouClient {
     http: HttpClient,
@@ -125,12 +126,12 @@ impl JelouClient {
         proxy: Matcher,
     ) -> anyhow::Result<Self> {
         let project = settings.project_id.clone().unwrap_or_default();
-        let url = |path: &str| {
-            absolute_uri(&format!(
+        let joined = |path: &str| {
+            format!(
                 "{}{}",
                 settings.base_url.trim_end_matches('/'),
                 path.replace("{projectId}", &project)
-            ))
+            )
         };
         let auth = match settings.auth {
             JelouAuth::ApiKey => settings.api_key.as_ref().map(|key| {
@@ -164,16 +165,11 @@ impl JelouClient {
             None => None,
         };
         let http = http_client(settings, tls, proxy);
-        let conversation_url = format!(
-            "{}{}",
-            settings.base_url.trim_end_matches('/'),
-            settings.conversation_path.replace("{projectId}", &project)
-        );
         Ok(Self {
             http,
-            start_url: url(&settings.start_path)?,
-            close_url: url(&settings.close_path)?,
-            conversation_url,
+            start_url: absolute_uri(&joined(&settings.start_path))?,
+            close_url: absolute_uri(&joined(&settings.close_path))?,
+            conversation_url: joined(&settings.conversation_path),
             messages_url: absolute_uri(&settings.messages_url).context("jelou.messages_url")?,
             signing_secret: signing_secret.filter(|s| !s.expose_secret().is_empty()),
             auth,
@@ -231,7 +227,7 @@ impl JelouClient {
             .map_err(|e| JelouError::Transport(format!("the signature header: {e}")))?;
         let mut request = request(Method::POST, self.messages_url.clone(), body.into());
         let headers = request.headers_mut();
-        headers.insert(header::CONTENT_TYPE, json_type());
+        headers.insert(header::CONTENT_TYPE, JSON);
         headers.insert(crate::webhook::SIGNATURE_HEADER, signature);
         self.send(Endpoint::Message, request).await.map(|_| ())
     }
@@ -276,9 +272,7 @@ impl JelouClient {
     ) -> Result<(u16, Value, Bytes), JelouError> {
         let body = serde_json::to_vec(body).map_err(|e| JelouError::Transport(e.to_string()))?;
         let mut request = request(Method::POST, url.clone(), body.into());
-        request
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, json_type());
+        request.headers_mut().insert(header::CONTENT_TYPE, JSON);
         self.send(endpoint, self.with_auth(request)).await
     }
 
@@ -370,15 +364,17 @@ impl JelouClient {
     }
 }
 
-/// Rustls with Mozilla's roots (webpki-roots) and the ring provider, named explicitly so that
-/// a second provider in the tree cannot make the choice ambiguous.
+/// Rustls with Mozilla's roots (webpki-roots).
 fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_webpki_roots()
-    .with_no_client_auth())
+    Ok(tls_builder()?.with_webpki_roots().with_no_client_auth())
+}
+
+/// Rustls with the ring provider, named explicitly so that a second provider in the tree
+/// cannot make the choice ambiguous, and its safe protocol versions; the roots are next.
+fn tls_builder(
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, rustls::Error> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
 }
 
 /// One pool of HTTP/1.1 connections to Jelou, kept up to a minute when idle. Plain http is
@@ -505,26 +501,26 @@ fn request(method: Method, uri: Uri, body: Bytes) -> Request<Full<Bytes>> {
     request
 }
 
-fn json_type() -> HeaderValue {
-    HeaderValue::from_static("application/json")
-}
-
 /// What a failed call names: the method and the URL without any user information (the
 /// credentials travel in headers, never in the URL, but a URL could still carry some).
-struct Target(String);
+/// Written out only when a call fails (the method and URI are reference-counted copies).
+struct Target {
+    method: Method,
+    uri: Uri,
+}
 
 impl Target {
     fn of(method: &Method, uri: &Uri) -> Target {
-        let host = uri.host().unwrap_or("");
-        let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
-        let scheme = uri.scheme_str().unwrap_or("http");
-        Target(format!("{method} {scheme}://{host}{port}{}", uri.path()))
+        Target {
+            method: method.clone(),
+            uri: uri.clone(),
+        }
     }
 
     /// No connection could be made (refused, DNS, TLS, the connect timeout): nothing was
     /// sent. Anything later (a reset, a connection closed before the answer) may have acted.
     fn client_error(&self, e: &hyper_util::client::legacy::Error) -> JelouError {
-        let text = format!("{}: {}", self.0, crate::error::error_chain(e));
+        let text = format!("{self}: {}", crate::error::error_chain(e));
         if e.is_connect() {
             JelouError::NotSent(text)
         } else {
@@ -535,10 +531,26 @@ impl Target {
     /// The connection broke while the answer's body was read: the call may have acted.
     fn lost_answer(&self, e: &hyper::Error) -> JelouError {
         JelouError::Transport(format!(
-            "{}: reading the answer: {}",
-            self.0,
+            "{self}: reading the answer: {}",
             crate::error::error_chain(e)
         ))
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uri = &self.uri;
+        write!(
+            f,
+            "{} {}://{}",
+            self.method,
+            uri.scheme_str().unwrap_or("http"),
+            uri.host().unwrap_or("")
+        )?;
+        if let Some(port) = uri.port_u16() {
+            write!(f, ":{port}")?;
+        }
+        f.write_str(uri.path())
     }
 }
 
@@ -696,13 +708,10 @@ mod tests {
     fn trusting(ca: &CertificateDer<'static>) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone()).unwrap();
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
+        tls_builder()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth()
     }
 
     /// An HTTP CONNECT proxy: sends each CONNECT request's head, then relays the tunnel.
