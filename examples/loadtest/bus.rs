@@ -79,11 +79,11 @@ pub fn ticket_properties(i: usize) -> BasicProperties {
         .with_message_id(format!("lt-{i}").into())
 }
 
-/// Awaits publisher confirms in the background, in order; its channel's capacity bounds the
-/// publishes in flight.
 /// How long one publish or its confirm may take before the run fails.
 const BROKER_CALL: Duration = Duration::from_secs(60);
 
+/// Awaits publisher confirms in the background, in order; its channel's capacity bounds the
+/// publishes in flight.
 pub struct Confirms {
     tx: mpsc::Sender<PublisherConfirm>,
     task: tokio::task::JoinHandle<usize>,

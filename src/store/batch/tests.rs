@@ -226,10 +226,9 @@ async fn plan(conn: &mut PgConnection, name: &str, args: &str) -> String {
 /// much the table grew after the writer's connection first ran them: the store starts
 /// empty, and PostgreSQL would otherwise keep the plan of its first rounds (a scan of the
 /// table, or of every active ticket through `tickets_state`), or read the `starting`
-/// stretch of that index,
-/// which holds a dead entry for every ticket finished since the last vacuum. Either made
-/// each round cost more as the store grew (the benchmark's PostgreSQL case slowed from
-/// 1,750 to 1,250 tickets/s between a 20,000 and a 30,000 backlog).
+/// stretch of that index, which holds a dead entry for every ticket finished since the last
+/// vacuum. Either made each round cost more as the store grew (the benchmark's PostgreSQL
+/// case slowed from 1,750 to 1,250 tickets/s between a 20,000 and a 30,000 backlog).
 #[tokio::test]
 async fn a_rounds_statements_find_rows_by_key_and_user_at_any_table_size() {
     use super::{finish_sql, supersede_sql, INDEXES_ONLY};
