@@ -7,8 +7,8 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -46,28 +46,65 @@ pub fn inject_amqp(span: &tracing::Span, table: &mut FieldTable) {
     inner.remove(&ShortString::from(TRACEPARENT));
     inner.remove(&ShortString::from(TRACESTATE));
     let mut fresh = FieldTable::from(inner);
-    TraceContextPropagator::new().inject_context(&span.context(), &mut AmqpInjector(&mut fresh));
+    with_span_context(span, |sc| {
+        set_str(&mut fresh, TRACEPARENT, &traceparent_value(sc));
+        let state = sc.trace_state().header();
+        if !state.is_empty() {
+            set_str(&mut fresh, TRACESTATE, &state);
+        }
+    });
     *table = fresh;
 }
 
 /// Writes `span`'s trace context on an HTTP request's headers.
 pub fn inject_http(span: &tracing::Span, headers: &mut HeaderMap) {
-    TraceContextPropagator::new().inject_context(&span.context(), &mut HttpInjector(headers));
+    with_span_context(span, |sc| {
+        let parent =
+            HeaderValue::try_from(traceparent_value(sc)).expect("a traceparent is visible ASCII");
+        headers.insert(HeaderName::from_static(TRACEPARENT), parent);
+        let state = sc.trace_state().header();
+        if let (false, Ok(state)) = (state.is_empty(), HeaderValue::try_from(state)) {
+            headers.insert(HeaderName::from_static(TRACESTATE), state);
+        }
+    });
 }
 
 /// `span`'s `traceparent`, when it has a trace (what the store keeps per ticket).
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
-    let mut one = Captured(None);
-    TraceContextPropagator::new().inject_context(&span.context(), &mut one);
-    one.0
+    with_span_context(span, traceparent_value)
 }
 
 /// `span`'s trace id (32 hex digits), when it has a trace.
 pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    with_span_context(span, |sc| hex::encode(sc.trace_id().to_bytes()))
+}
+
+/// `f` of `span`'s OpenTelemetry span context, when it is valid (the span has a trace).
+fn with_span_context<T>(span: &tracing::Span, f: impl FnOnce(&SpanContext) -> T) -> Option<T> {
     let cx = span.context();
     let span = cx.span();
     let sc = span.span_context();
-    sc.is_valid().then(|| sc.trace_id().to_string())
+    sc.is_valid().then(|| f(sc))
+}
+
+/// The `traceparent` value of a valid span context, exactly as the SDK's
+/// `TraceContextPropagator` writes it (`00-<trace id>-<span id>-<sampled flag>`, lower-case
+/// hex), without its `format!`: the trace id's `Display` writes a 128-bit integer a digit at a
+/// time, and this runs three or four times a ticket.
+fn traceparent_value(sc: &SpanContext) -> String {
+    const LEN: usize = 2 + 1 + 32 + 1 + 16 + 1 + 2;
+    let mut out = [b'-'; LEN];
+    out[..2].copy_from_slice(b"00");
+    let flags = [(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()];
+    let parts = [
+        (&sc.trace_id().to_bytes()[..], 3..35),
+        (&sc.span_id().to_bytes()[..], 36..52),
+        (&flags[..], 53..LEN),
+    ];
+    for (bytes, at) in parts {
+        hex::encode_to_slice(bytes, &mut out[at]).expect("each part's slot fits its hex");
+    }
+    String::from_utf8(out.to_vec()).expect("hex digits and dashes are ASCII")
 }
 
 /// The trace id (32 hex digits) of a `traceparent` value, when it is well formed.
@@ -97,30 +134,6 @@ impl Extractor for AmqpHeaders<'_> {
     }
 }
 
-struct AmqpInjector<'a>(&'a mut FieldTable);
-
-impl Injector for AmqpInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        // The propagator writes an empty `tracestate` when there is none: leave it out.
-        if !value.is_empty() {
-            set_str(self.0, key, &value);
-        }
-    }
-}
-
-struct HttpInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HttpInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if value.is_empty() {
-            return;
-        }
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(key), HeaderValue::from_str(&value)) {
-            self.0.insert(name, value);
-        }
-    }
-}
-
 struct Single<'a>(&'a str);
 
 impl Extractor for Single<'_> {
@@ -130,16 +143,6 @@ impl Extractor for Single<'_> {
 
     fn keys(&self) -> Vec<&str> {
         vec![TRACEPARENT]
-    }
-}
-
-struct Captured(Option<String>);
-
-impl Injector for Captured {
-    fn set(&mut self, key: &str, value: String) {
-        if key == TRACEPARENT {
-            self.0 = Some(value);
-        }
     }
 }
 
@@ -169,5 +172,43 @@ mod tests {
         );
         assert_eq!(trace_id("00-garbage"), None);
         assert!(!from_amqp(None).span().span_context().is_valid());
+    }
+
+    /// What the bridge writes is what the SDK's propagator would write, byte for byte.
+    #[test]
+    fn the_traceparent_written_is_the_propagators() {
+        use opentelemetry::propagation::Injector;
+        use opentelemetry::trace::{SpanId, TraceId, TraceState};
+        use std::collections::HashMap;
+
+        struct Written(HashMap<String, String>);
+        impl Injector for Written {
+            fn set(&mut self, key: &str, value: String) {
+                self.0.insert(key.to_string(), value);
+            }
+        }
+        let state = TraceState::from_key_value([("vendor", "x"), ("other", "y")]).unwrap();
+        let cases = [
+            (
+                0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+                0x00f0_67aa_0ba9_02b7,
+                TraceFlags::SAMPLED,
+            ),
+            (1, 1, TraceFlags::default()),
+            (u128::MAX, u64::MAX, TraceFlags::new(0xff)),
+        ];
+        for (trace, span, flags) in cases {
+            for state in [TraceState::NONE, state.clone()] {
+                let sc =
+                    SpanContext::new(TraceId::from(trace), SpanId::from(span), flags, true, state);
+                let mut sdk = Written(HashMap::new());
+                TraceContextPropagator::new().inject_context(
+                    &Context::new().with_remote_span_context(sc.clone()),
+                    &mut sdk,
+                );
+                assert_eq!(Some(&traceparent_value(&sc)), sdk.0.get(TRACEPARENT));
+                assert_eq!(Some(&sc.trace_state().header()), sdk.0.get(TRACESTATE));
+            }
+        }
     }
 }

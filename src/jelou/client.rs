@@ -50,6 +50,16 @@ impl Endpoint {
             Endpoint::Conversation => "conversation",
         }
     }
+
+    /// The name of a call's span (`otel.name`): a constant, so no string is built per call.
+    fn span_name(self) -> &'static str {
+        match self {
+            Endpoint::Start => "jelou start",
+            Endpoint::Close => "jelou close",
+            Endpoint::Message => "jelou message",
+            Endpoint::Conversation => "jelou conversation",
+        }
+    }
 }
 
 /// What a successful start returns.
@@ -306,12 +316,11 @@ impl JelouClient {
     ) -> Result<(u16, Value, Bytes), JelouError> {
         let span = tracing::info_span!(
             "jelou.call",
-            otel.name = tracing::field::Empty,
+            otel.name = endpoint.span_name(),
             otel.kind = "client",
             endpoint = endpoint.as_str(),
             http.response.status_code = tracing::field::Empty,
         );
-        span.record("otel.name", format!("jelou {}", endpoint.as_str()).as_str());
         let started = Instant::now();
         let result = async {
             crate::trace_context::inject_http(&tracing::Span::current(), request.headers_mut());
