@@ -22,9 +22,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use secrecy::ExposeSecret;
-use serde_json::Value;
 use tracing::Instrument;
 
+use super::answer::Data;
 use super::error::JelouError;
 use super::gate::JelouGate;
 use crate::config::{JelouAuth, JelouSettings};
@@ -201,11 +201,9 @@ impl JelouClient {
     }
 
     pub async fn start(&self, req: &StartRequest) -> Result<Started, JelouError> {
-        let (status, data, raw) = self.post(Endpoint::Start, &self.start_url, req).await?;
-        match data.get("conversationId").and_then(Value::as_str) {
-            Some(id) if !id.is_empty() => Ok(Started {
-                conversation_id: id.to_string(),
-            }),
+        let (status, raw) = self.post(Endpoint::Start, &self.start_url, req).await?;
+        match Data::of(&raw).conversation_id {
+            Some(conversation_id) if !conversation_id.is_empty() => Ok(Started { conversation_id }),
             _ => Err(JelouError::bad_response(
                 status,
                 "data.conversationId",
@@ -215,11 +213,11 @@ impl JelouClient {
     }
 
     pub async fn close(&self, req: &CloseRequest) -> Result<Closed, JelouError> {
-        let (_, data, _) = self.post(Endpoint::Close, &self.close_url, req).await?;
-        let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
+        let (_, raw) = self.post(Endpoint::Close, &self.close_url, req).await?;
+        let data = Data::of(&raw);
         Ok(Closed {
-            conversation_id: text("conversationId"),
-            ended_reason: text("endedReason"),
+            conversation_id: data.conversation_id,
+            ended_reason: data.ended_reason,
         })
     }
 
@@ -251,18 +249,16 @@ impl JelouClient {
         // Through `url` as the configured URLs are (host names, percent-encoding).
         let url = absolute_uri(&url).map_err(|e| JelouError::Transport(format!("{e:#}")))?;
         let request = self.with_auth(request(Method::GET, url, Bytes::new()));
-        let (status, data, raw) = self.send(Endpoint::Conversation, request).await?;
-        let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
+        let (status, raw) = self.send(Endpoint::Conversation, request).await?;
+        let data = Data::of(&raw);
         // Jelou names the id `_id`; accept `id`/`conversationId` too.
-        let id = text("_id")
-            .or_else(|| text("id"))
-            .or_else(|| text("conversationId"));
-        match (id, text("state")) {
+        let id = data.underscore_id.or(data.id).or(data.conversation_id);
+        match (id, data.state) {
             (Some(conversation_id), Some(state)) => Ok(Conversation {
                 conversation_id,
-                room_id: text("roomId"),
+                room_id: data.room_id,
                 state,
-                ended_reason: text("endedReason"),
+                ended_reason: data.ended_reason,
             }),
             _ => Err(JelouError::bad_response(
                 status,
@@ -272,14 +268,14 @@ impl JelouClient {
         }
     }
 
-    /// POSTs `body` with the credentials; a 2xx answer yields its `data` object (or `{}`),
-    /// anything else an error.
+    /// POSTs `body` with the credentials; a 2xx answer yields its status and body, anything
+    /// else an error.
     async fn post<B: serde::Serialize>(
         &self,
         endpoint: Endpoint,
         url: &Uri,
         body: &B,
-    ) -> Result<(u16, Value, Bytes), JelouError> {
+    ) -> Result<(u16, Bytes), JelouError> {
         let body = serde_json::to_vec(body).map_err(|e| JelouError::Transport(e.to_string()))?;
         let mut request = request(Method::POST, url.clone(), body.into());
         request.headers_mut().insert(header::CONTENT_TYPE, JSON);
@@ -295,14 +291,14 @@ impl JelouClient {
     }
 
     /// Sends one request through the gate, counts and times it; a 2xx answer yields its
-    /// `data` object (or `{}`), anything else an error.
+    /// status and body, anything else an error.
     ///
     /// Each call is a client span of the delivery's trace, and carries it (`traceparent`).
     async fn send(
         &self,
         endpoint: Endpoint,
         request: Request<Full<Bytes>>,
-    ) -> Result<(u16, Value, Bytes), JelouError> {
+    ) -> Result<(u16, Bytes), JelouError> {
         let pass = self.gate.admit(&self.shutdown).await?;
         let result = self.send_now(endpoint, request).await;
         self.gate.record(pass, &result);
@@ -313,7 +309,7 @@ impl JelouClient {
         &self,
         endpoint: Endpoint,
         mut request: Request<Full<Bytes>>,
-    ) -> Result<(u16, Value, Bytes), JelouError> {
+    ) -> Result<(u16, Bytes), JelouError> {
         let span = tracing::info_span!(
             "jelou.call",
             otel.name = endpoint.span_name(),
@@ -364,12 +360,7 @@ impl JelouClient {
         if !(200..300).contains(&status) {
             return Err(JelouError::from_status(status, &headers, &raw));
         }
-        let mut parsed: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-        let data = parsed
-            .get_mut("data")
-            .map(Value::take)
-            .unwrap_or_else(|| Value::Object(Default::default()));
-        Ok((status, data, raw))
+        Ok((status, raw))
     }
 }
 
@@ -787,7 +778,7 @@ mod tests {
                 head.contains("\r\ncontent-type: application/json"),
                 "{head}"
             );
-            let body: Value = serde_json::from_str(body).unwrap();
+            let body: serde_json::Value = serde_json::from_str(body).unwrap();
             assert_eq!(
                 body,
                 serde_json::json!({"botId": "B-TLS", "userId": "U-TLS", "redirectPayload": {"ticketId": "T-TLS"}})

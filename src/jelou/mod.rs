@@ -1,7 +1,9 @@
-//! Jelou's external-support API: the client ([`client`]), what its failures mean
+//! Jelou's external-support API: the client ([`client`]) and what it reads of an answer
+//! (`answer`), what its failures mean
 //! ([`error`]), retries with backoff ([`retry`]), the gate every call passes (`Retry-After`,
 //! circuit breaker, caps: [`gate`]), and a local stand-in ([`mock`]).
 
+mod answer;
 pub mod client;
 pub mod error;
 pub mod gate;
