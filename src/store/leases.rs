@@ -78,12 +78,7 @@ impl Store {
             .collect();
         let mut renewed = 0;
         for chunk in held.chunks(500) {
-            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
-            let sql = format!(
-                "UPDATE tickets SET lease_until = $1 WHERE owner = $2 \
-                 AND state IN ('starting', 'closing') AND ticket_id IN ({})",
-                list.join(", ")
-            );
+            let sql = renew_sql(chunk.len());
             let mut query = sqlx::query(&sql)
                 .bind(self.clock.now() + self.lease_ms())
                 .bind(&self.instance);
@@ -94,6 +89,17 @@ impl Store {
         }
         Ok(renewed)
     }
+}
+
+/// Extends the leases of `n` tickets named by key (`$3`…), those this process (`$2`) still
+/// holds, to `$1`. The rows are found by primary key: no index on `owner` serves it.
+pub(crate) fn renew_sql(n: usize) -> String {
+    let list: Vec<String> = (0..n).map(|i| format!("${}", i + 3)).collect();
+    format!(
+        "UPDATE tickets SET lease_until = $1 WHERE owner = $2 \
+         AND state IN ('starting', 'closing') AND ticket_id IN ({})",
+        list.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -137,5 +143,33 @@ mod tests {
         assert!(matches!(claim, StartClaim::Claimed { .. }), "{claim:?}");
         let other = second.claim_start("T-1", "BOT", "U-1").await.unwrap();
         assert!(matches!(other, StartClaim::Claimed { .. }), "{other:?}");
+    }
+
+    /// The renewal finds its tickets by primary key, on a store of many held tickets.
+    #[tokio::test]
+    async fn the_renewal_finds_its_tickets_by_key() {
+        let (first, _second, dir) = two_processes(0).await;
+        for i in 0..200 {
+            first
+                .claim_start(&format!("T-{i}"), "BOT", &format!("U-{i}"))
+                .await
+                .unwrap();
+        }
+        let conn = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
+        let mut explain = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", super::renew_sql(3)))
+            .unwrap();
+        let plan: Vec<String> = explain
+            .query_map(rusqlite::params![0, "first", "T-1", "T-2", "T-3"], |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("USING INDEX sqlite_autoindex_tickets_1 (ticket_id=?)"),
+            "the renewal should find its tickets by key:\n{plan}"
+        );
     }
 }

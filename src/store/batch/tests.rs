@@ -291,3 +291,28 @@ async fn a_rounds_statements_find_rows_by_key_and_user_at_any_table_size() {
     );
     store.close().await;
 }
+
+/// The lease renewal finds its tickets by primary key on PostgreSQL too, with statistics
+/// that put every ticket in flight on this process (no index on `owner` serves it).
+#[tokio::test]
+async fn the_lease_renewal_finds_its_tickets_by_key() {
+    let db = Database::create().await;
+    let store = store(&db).await;
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, \
+         created_at, updated_at) SELECT 's' || g, 'bot', 'u' || g, 'starting', 'me', g, g, g \
+         FROM generate_series(1, 20000) g; ANALYZE tickets",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let prepare = format!("PREPARE renew AS {}", crate::store::leases::renew_sql(3));
+    sqlx::raw_sql(&prepare).execute(&mut conn).await.unwrap();
+    let renew = plan(&mut conn, "renew", "1, 'me', 's1', 's2', 's3'").await;
+    assert!(
+        renew.contains("tickets_pkey"),
+        "the renewal should find its tickets by key:\n{renew}"
+    );
+    store.close().await;
+}
