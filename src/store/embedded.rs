@@ -86,9 +86,12 @@ struct Rules {
 ///
 /// Without `RETURNING`: SQLite builds a temporary table and a statement journal for every
 /// statement that returns what it wrote (three per ticket), which cost more than the write
-/// itself. What a write took is read back by primary key in the same transaction instead,
-/// and the supersede update runs only when there is something to supersede.
+/// itself. What a write took is read back by primary key in the same transaction instead
+/// (not at all for a claim of a new ticket, whose row holds only what the claim wrote), and
+/// the supersede update runs only when there is something to supersede.
 struct Statements {
+    /// A claim of a ticket the store does not know: nothing to take over, nothing learned.
+    fresh: String,
     /// `claim_start`'s insert-or-take (see `batch::claim_rows`).
     claim: String,
     /// `finish_start`'s update (see `batch::finish_rows`).
@@ -103,12 +106,12 @@ struct Statements {
 
 impl Statements {
     fn new() -> Statements {
+        const INSERT: &str = "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, \
+             lease_until, attempts, created_at, updated_at, traceparent) \
+             VALUES (?1, ?2, ?3, 'starting', ?4, ?5, 1, ?6, ?6, ?7)";
         Statements {
-            claim: format!(
-                "INSERT INTO tickets (ticket_id, bot_id, user_id, state, owner, lease_until, \
-                 attempts, created_at, updated_at, traceparent) \
-                 VALUES (?1, ?2, ?3, 'starting', ?4, ?5, 1, ?6, ?6, ?7) {CLAIM_TAKES_OVER}"
-            ),
+            fresh: format!("{INSERT} ON CONFLICT (ticket_id) DO NOTHING"),
+            claim: format!("{INSERT} {CLAIM_TAKES_OVER}"),
             finish: "UPDATE tickets SET state = 'active', conversation_id = ?2, owner = NULL, \
                  lease_until = NULL, last_error = NULL, updated_at = ?3 \
                  WHERE ticket_id = ?1 AND state = 'starting'"
@@ -171,10 +174,11 @@ fn write(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut taken = HashMap::with_capacity(claims.len());
     if !claims.is_empty() {
+        let mut fresh = tx.prepare_cached(&rules.sql.fresh)?;
         let mut claim = tx.prepare_cached(&rules.sql.claim)?;
         let mut row = tx.prepare_cached(&rules.sql.row)?;
         for c in claims {
-            let took = claim.execute(params![
+            let values = params![
                 c.ticket_id,
                 c.bot_id,
                 c.user_id,
@@ -182,8 +186,19 @@ fn write(
                 now + lease_ms,
                 now,
                 c.traceparent
-            ])?;
-            if took == 1 {
+            ];
+            // Most claims are of new tickets: one insert, no row to read back.
+            if fresh.execute(values)? == 1 {
+                let learned_conversation = None;
+                taken.insert(
+                    c.ticket_id.clone(),
+                    Taken {
+                        learned_conversation,
+                    },
+                );
+                continue;
+            }
+            if claim.execute(values)? == 1 {
                 // Inserted, or taken over: a row taken over may know its conversation.
                 let learned_conversation =
                     row.query_row(params![c.ticket_id], |r| r.get::<_, Option<String>>(3))?;
