@@ -25,7 +25,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing::subscriber::Interest;
 use tracing::{span, Metadata, Subscriber};
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::{filter_fn, FilterFn, LevelFilter, Targets};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -100,7 +100,8 @@ fn provider_builder(service_name: &str) -> opentelemetry_sdk::trace::TracerProvi
 }
 
 /// The layer that turns the bridge's spans into OpenTelemetry spans. Its own filter keeps it
-/// to the bridge's spans and events, at `info` and above, whatever `log.level` says.
+/// to the bridge's spans and events, at `info` and above, whatever `log.level` says; without
+/// export, to its spans alone (see [`Traced`]).
 ///
 /// A span's busy and idle times, thread and code location are attributes of the exported
 /// span, nothing else: when `exported` is false (no `telemetry.otlp_endpoint`) they are not
@@ -119,12 +120,35 @@ where
         .with_tracked_inactivity(exported)
         .with_threads(exported)
         .with_location(exported)
-        .with_filter(bridge_targets())
+        .with_filter(Traced::new(exported).filter())
 }
 
-/// The bridge's own spans and events at `info` and above.
-fn bridge_targets() -> Targets {
-    Targets::new().with_target("jelou_bridge", LevelFilter::INFO)
+/// What the trace layer records: the bridge's own spans and events at `info` and above. Its
+/// events become events of the exported spans; when nothing is exported only the spans are
+/// recorded (their ids go on the bus, on Jelou calls and into the store), since an event
+/// would be formatted into a span that nobody reads.
+#[derive(Clone)]
+struct Traced {
+    targets: Targets,
+    events: bool,
+}
+
+impl Traced {
+    fn new(exported: bool) -> Traced {
+        Traced {
+            targets: Targets::new().with_target("jelou_bridge", LevelFilter::INFO),
+            events: exported,
+        }
+    }
+
+    fn wants(&self, meta: &Metadata<'_>) -> bool {
+        (self.events || meta.is_span()) && self.targets.would_enable(meta.target(), meta.level())
+    }
+
+    /// As a filter (a layer's own, or the global one), decided once per callsite.
+    fn filter(self) -> FilterFn<impl Fn(&Metadata<'_>) -> bool + Clone> {
+        filter_fn(move |meta| self.wants(meta)).with_max_level_hint(LevelFilter::INFO)
+    }
 }
 
 /// What `log.level` (or `RUST_LOG`) asks the logs for.
@@ -140,12 +164,12 @@ struct Recorded {
     /// The log layer's filter, built a second time from the same `log.level`.
     logs: EnvFilter,
     /// The trace layer's filter.
-    traces: Targets,
+    traces: Traced,
 }
 
 impl Recorded {
     fn traced(&self, meta: &Metadata<'_>) -> bool {
-        self.traces.would_enable(meta.target(), meta.level())
+        self.traces.wants(meta)
     }
 }
 
@@ -216,14 +240,15 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Tracing,
     } else {
         fmt.compact().with_filter(log_filter(log)).boxed()
     };
+    let exported = telemetry.traces_url().is_some();
     let recorded = Recorded {
         logs: log_filter(log),
-        traces: bridge_targets(),
+        traces: Traced::new(exported),
     };
     let _ = tracing_subscriber::registry()
         .with(recorded)
         .with(fmt)
-        .with(trace_layer(&provider, telemetry.traces_url().is_some()))
+        .with(trace_layer(&provider, exported))
         .try_init();
     Ok(Tracing { provider })
 }
@@ -236,7 +261,7 @@ pub fn init_trace_context_only() {
     let provider = PROVIDER.get_or_init(|| provider_builder("jelou-bridge").build());
     // A global filter in front, for the reason the module says.
     let _ = tracing_subscriber::registry()
-        .with(bridge_targets())
+        .with(Traced::new(false).filter())
         .with(trace_layer(provider, false))
         .try_init();
 }
