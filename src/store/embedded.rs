@@ -9,7 +9,7 @@
 //! that must come before an ack still does. A failed round is rolled back and every caller
 //! in it gets the error, as after a failed batch statement.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -127,8 +127,9 @@ impl Statements {
     }
 }
 
-/// What a committed round answers: the rows each claim took, the rows each finish updated.
-type Answers = (HashMap<String, Taken>, HashMap<String, TicketRecord>);
+/// What a committed round answers, in the round's order: what each claim took, the row each
+/// finish updated.
+type Answers = (Vec<Option<Taken>>, Vec<Option<TicketRecord>>);
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Write>) {
@@ -172,7 +173,7 @@ fn write(
 ) -> rusqlite::Result<Answers> {
     let (now, lease_ms) = (rules.clock.now(), rules.lease_ms);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut taken = HashMap::with_capacity(claims.len());
+    let mut taken = Vec::with_capacity(claims.len());
     if !claims.is_empty() {
         let mut fresh = tx.prepare_cached(&rules.sql.fresh)?;
         let mut claim = tx.prepare_cached(&rules.sql.claim)?;
@@ -188,30 +189,24 @@ fn write(
                 c.traceparent
             ];
             // Most claims are of new tickets: one insert, no row to read back.
-            if fresh.execute(values)? == 1 {
-                let learned_conversation = None;
-                taken.insert(
-                    c.ticket_id.clone(),
-                    Taken {
-                        learned_conversation,
-                    },
-                );
-                continue;
-            }
-            if claim.execute(values)? == 1 {
-                // Inserted, or taken over: a row taken over may know its conversation.
+            let took = if fresh.execute(values)? == 1 {
+                Some(Taken {
+                    learned_conversation: None,
+                })
+            } else if claim.execute(values)? == 1 {
+                // Taken over: a row taken over may know its conversation.
                 let learned_conversation =
                     row.query_row(params![c.ticket_id], |r| r.get::<_, Option<String>>(3))?;
-                taken.insert(
-                    c.ticket_id.clone(),
-                    Taken {
-                        learned_conversation,
-                    },
-                );
-            }
+                Some(Taken {
+                    learned_conversation,
+                })
+            } else {
+                None
+            };
+            taken.push(took);
         }
     }
-    let mut finished = HashMap::with_capacity(finishes.len());
+    let mut finished = Vec::with_capacity(finishes.len());
     let mut superseded = 0;
     if !finishes.is_empty() {
         let mut finish = tx.prepare_cached(&rules.sql.finish)?;
@@ -220,6 +215,7 @@ fn write(
         let mut supersede = tx.prepare_cached(&rules.sql.supersede)?;
         for f in finishes {
             if finish.execute(params![f.ticket_id, f.conversation_id, now])? == 0 {
+                finished.push(None);
                 continue;
             }
             let record = row.query_row(params![f.ticket_id], record)?;
@@ -231,7 +227,7 @@ fn write(
                     superseded += supersede.execute(replacing)?;
                 }
             }
-            finished.insert(record.ticket_id.clone(), record);
+            finished.push(Some(record));
         }
     }
     tx.commit()?;
@@ -265,12 +261,12 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<TicketRecord> {
 
 fn answer(claims: Vec<Claim>, finishes: Vec<Finish>, answers: Result<Answers, StoreError>) {
     match answers {
-        Ok((mut taken, mut finished)) => {
-            for c in claims {
-                let _ = c.done.send(Ok(taken.remove(&c.ticket_id)));
+        Ok((taken, finished)) => {
+            for (c, took) in claims.into_iter().zip(taken) {
+                let _ = c.done.send(Ok(took));
             }
-            for f in finishes {
-                let _ = f.done.send(Ok(finished.remove(&f.ticket_id)));
+            for (f, record) in finishes.into_iter().zip(finished) {
+                let _ = f.done.send(Ok(record));
             }
         }
         Err(e) => {
