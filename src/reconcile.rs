@@ -139,9 +139,9 @@ async fn close(
             .with_correlation_id(c.conversation_id.as_str().into())
             .with_app_id("jelou-bridge".into())
             .with_headers(table);
-        let body = serde_json::to_vec(&outcome.body).map_err(|e| e.to_string())?;
+        let body = outcome.body.as_bytes();
         let published = publisher
-            .publish(events_exchange, &outcome.routing_key, &body, props, false)
+            .publish(events_exchange, &outcome.routing_key, body, props, false)
             .await;
         if let Err(e) = published {
             let _ = store.forget_webhook(&key).await;

@@ -101,19 +101,19 @@ impl Settler {
         outcome: &Outcome,
         msg: &Inbound,
     ) -> Result<(), PublishError> {
-        let body = serde_json::to_vec(&outcome.body).unwrap_or_default();
+        let body = outcome.body.as_bytes();
         let props = outcome_properties(outcome, msg.correlation_id());
         let main = publisher.publish(
             &self.settings.amqp.events_exchange,
             &outcome.routing_key,
-            &body,
+            body,
             props.clone(),
             false,
         );
         match msg.reply_to() {
             None => main.await,
             Some(reply_to) => {
-                let reply = publisher.publish("", &reply_to, &body, props, true);
+                let reply = publisher.publish("", &reply_to, body, props, true);
                 let (main, reply) = tokio::join!(main, reply);
                 if let Err(e) = reply {
                     // A vanished reply queue must not hold the ticket back: the outcome is on

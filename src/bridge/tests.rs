@@ -73,9 +73,9 @@ fn fresh() -> History {
     }
 }
 
-fn outcome(decision: &Decision) -> (&str, &Value) {
+fn outcome(decision: &Decision) -> (&str, Value) {
     match decision {
-        Decision::Done(o) => (o.routing_key.as_str(), &o.body),
+        Decision::Done(o) => (o.routing_key.as_str(), o.json()),
         other => panic!("expected an outcome, got {other:?}"),
     }
 }

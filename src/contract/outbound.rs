@@ -183,23 +183,23 @@ mod tests {
         }
         for o in &outcomes {
             assert_eq!(
-                errors(&o.routing_key, &o.body),
+                errors(&o.routing_key, &o.json()),
                 Vec::<String>::new(),
                 "{o:?}"
             );
         }
         // And the schemas can say no: a body off the contract fails.
-        let mut off = Outcome::started("T-1", "C-1", "B", "U").body;
+        let mut off = Outcome::started("T-1", "C-1", "B", "U").json();
         off["status"] = json!("closed");
         assert!(!errors("conversation.started", &off).is_empty());
-        let mut off = failure(None, None, None, None).body;
+        let mut off = failure(None, None, None, None).json();
         off["action"] = json!("transfer");
         assert!(!errors("ticket.failed", &off).is_empty());
-        let mut off = failure(None, None, None, None).body;
+        let mut off = failure(None, None, None, None).json();
         off["occurredAt"] = json!("yesterday");
         assert!(!errors("ticket.failed", &off).is_empty());
         let w = Outcome::from_webhook("message", None, None, json!({}));
-        assert!(!errors("jelou.conversation.start", &w.body).is_empty());
+        assert!(!errors("jelou.conversation.start", &w.json()).is_empty());
     }
 
     #[test]

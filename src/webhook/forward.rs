@@ -183,13 +183,12 @@ async fn forward(
     if let Some(c) = conversation_id {
         props = props.with_correlation_id(c.into());
     }
-    let body =
-        serde_json::to_vec(&outcome.body).map_err(|e| NotForwarded::Broker(e.to_string()))?;
+    let body = outcome.body.as_bytes();
     publisher
         .publish(
             &state.events_exchange,
             &outcome.routing_key,
-            &body,
+            body,
             props,
             false,
         )
