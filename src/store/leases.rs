@@ -2,8 +2,10 @@
 //! while the process holds the ticket ([`Hold`]), and kept on the database's clock so that
 //! replicas whose own clocks disagree do not take over each other's live leases.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use hashbrown::hash_map::EntryRef;
+use hashbrown::HashMap;
 
 use super::{now_ms, Store, StoreError};
 
@@ -16,10 +18,10 @@ pub struct Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(&self.ticket_id) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.ticket_id);
+        if let EntryRef::Occupied(mut n) = held.entry_ref(self.ticket_id.as_str()) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
             }
         }
     }
@@ -57,7 +59,7 @@ impl Store {
             .held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(ticket_id.to_string())
+            .entry_ref(ticket_id)
             .or_default() += 1;
         Hold {
             held: self.held.clone(),

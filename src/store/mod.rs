@@ -12,9 +12,10 @@
 //! (on an embedded store, through a connection of their own in `embedded`); the schema
 //! version in [`schema`].
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use hashbrown::HashMap;
 
 use secrecy::ExposeSecret;
 use sqlx::any::AnyPoolOptions;
