@@ -47,9 +47,9 @@ pub fn inject_amqp(span: &tracing::Span, table: &mut FieldTable) {
     inner.remove(&ShortString::from(TRACESTATE));
     let mut fresh = FieldTable::from(inner);
     with_span_context(span, |sc| {
-        set_str(&mut fresh, TRACEPARENT, &traceparent_value(sc));
-        let state = sc.trace_state().header();
-        if !state.is_empty() {
+        let (parent, state) = header_values(sc);
+        set_str(&mut fresh, TRACEPARENT, &parent);
+        if let Some(state) = state {
             set_str(&mut fresh, TRACESTATE, &state);
         }
     });
@@ -59,11 +59,10 @@ pub fn inject_amqp(span: &tracing::Span, table: &mut FieldTable) {
 /// Writes `span`'s trace context on an HTTP request's headers.
 pub fn inject_http(span: &tracing::Span, headers: &mut HeaderMap) {
     with_span_context(span, |sc| {
-        let parent =
-            HeaderValue::try_from(traceparent_value(sc)).expect("a traceparent is visible ASCII");
+        let (parent, state) = header_values(sc);
+        let parent = HeaderValue::try_from(parent).expect("a traceparent is visible ASCII");
         headers.insert(HeaderName::from_static(TRACEPARENT), parent);
-        let state = sc.trace_state().header();
-        if let (false, Ok(state)) = (state.is_empty(), HeaderValue::try_from(state)) {
+        if let Some(Ok(state)) = state.map(HeaderValue::try_from) {
             headers.insert(HeaderName::from_static(TRACESTATE), state);
         }
     });
@@ -77,6 +76,12 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
 /// `span`'s trace id (32 hex digits), when it has a trace.
 pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
     with_span_context(span, |sc| hex::encode(sc.trace_id().to_bytes()))
+}
+
+/// The `traceparent` and, when there is any, the `tracestate` of a valid span context.
+fn header_values(sc: &SpanContext) -> (String, Option<String>) {
+    let state = sc.trace_state().header();
+    (traceparent_value(sc), (!state.is_empty()).then_some(state))
 }
 
 /// `f` of `span`'s OpenTelemetry span context, when it is valid (the span has a trace).

@@ -1,13 +1,18 @@
 //! What the bridge reads of Jelou's 2xx answers: a few strings of the `data` object
 //! (`{"message": […], "status": 1, "data": {…}}`).
 //!
-//! Read straight into [`Data`], skipping everything else unparsed, rather than into a
+//! Read straight into [`Data`], skipping everything else, rather than into a
 //! `serde_json::Value` (a map, a key and a string allocated for every field of the answer,
 //! on every call). The direct read refuses what a derived reader refuses (a field of another
 //! type, `data` that is not an object, a key given twice); such an answer is read again
 //! through `Value`, which is what decides then: a field that is not a string counts as
 //! absent, `data` that is not an object as empty, the last of repeated keys wins, and a body
 //! that is not JSON has no data at all. Each call names what it misses.
+//!
+//! The two readings agree on every answer that is valid JSON throughout. They can differ on
+//! one that is broken only where the bridge does not look: serde_json skips unread values
+//! without every check a `Value` makes (a number beyond `f64`, a lone surrogate escape in a
+//! skipped string), so the direct read finds the strings where `Value` found no data.
 
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{MapAccess, Visitor};
@@ -17,6 +22,7 @@ use serde_json::Value;
 /// The strings of an answer's `data` that some call reads; absent when the answer lacks
 /// them or gives them as something other than a string.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default)]
 pub(crate) struct Data {
     /// Start and close: the conversation's id.
@@ -92,6 +98,23 @@ impl Data {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both readings know every field: an answer carrying all of `Data`'s fields (written
+    /// from `Data` itself, so a field added to it is in the answer) gives them all, both ways.
+    #[test]
+    fn both_readings_know_every_field() {
+        let all = Data {
+            conversation_id: Some("C-1".into()),
+            underscore_id: Some("C-2".into()),
+            id: Some("C-3".into()),
+            state: Some("closed".into()),
+            room_id: Some("R-1".into()),
+            ended_reason: Some("closed_by_operator".into()),
+        };
+        let raw = serde_json::to_vec(&serde_json::json!({ "status": 1, "data": all })).unwrap();
+        assert_eq!(Data::of(&raw), all);
+        assert_eq!(Data::leniently(&raw), all);
+    }
 
     /// The direct read and the lenient one agree on every answer the direct read takes, and
     /// the lenient one decides the rest.

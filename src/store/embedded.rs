@@ -262,6 +262,11 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<TicketRecord> {
 fn answer(claims: Vec<Claim>, finishes: Vec<Finish>, answers: Result<Answers, StoreError>) {
     match answers {
         Ok((taken, finished)) => {
+            // One answer per write, in the round's order (`write` pushes one for each).
+            debug_assert_eq!(
+                (taken.len(), finished.len()),
+                (claims.len(), finishes.len())
+            );
             for (c, took) in claims.into_iter().zip(taken) {
                 let _ = c.done.send(Ok(took));
             }
