@@ -99,18 +99,23 @@ impl Data {
 mod tests {
     use super::*;
 
+    /// Every field set (a field added to `Data` must be set here too).
+    fn every_field() -> Data {
+        Data {
+            conversation_id: Some("C-1".into()),
+            underscore_id: Some("C-2".into()),
+            id: Some("C-3".into()),
+            state: Some("active".into()),
+            room_id: Some("R-1".into()),
+            ended_reason: Some("closed by \"bot\"".into()),
+        }
+    }
+
     /// Both readings know every field: an answer carrying all of `Data`'s fields (written
     /// from `Data` itself, so a field added to it is in the answer) gives them all, both ways.
     #[test]
     fn both_readings_know_every_field() {
-        let all = Data {
-            conversation_id: Some("C-1".into()),
-            underscore_id: Some("C-2".into()),
-            id: Some("C-3".into()),
-            state: Some("closed".into()),
-            room_id: Some("R-1".into()),
-            ended_reason: Some("closed_by_operator".into()),
-        };
+        let all = every_field();
         let raw = serde_json::to_vec(&serde_json::json!({ "status": 1, "data": all })).unwrap();
         assert_eq!(Data::of(&raw), all);
         assert_eq!(Data::leniently(&raw), all);
@@ -120,18 +125,10 @@ mod tests {
     /// the lenient one decides the rest.
     #[test]
     fn answers_read_directly_or_leniently_give_the_same_data() {
-        let full = Data {
-            conversation_id: Some("C-1".into()),
-            underscore_id: Some("C-2".into()),
-            id: Some("C-3".into()),
-            state: Some("active".into()),
-            room_id: Some("R-1".into()),
-            ended_reason: Some("closed by \"bot\"".into()),
-        };
         let cases: [(&str, Data); 13] = [
             (
                 r#"{"message":["ok"],"statusMessage":"success","status":1,"data":{"conversationId":"C-1","_id":"C-2","id":"C-3","state":"active","roomId":"R-1","endedReason":"closed by \"bot\"","startAt":"2026-01-01","nested":{"a":[1,2]}}}"#,
-                full,
+                every_field(),
             ),
             (
                 r#"{"data":{"conversationId":"C-1","botId":"B","userId":"U","status":"active"}}"#,
