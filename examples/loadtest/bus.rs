@@ -94,10 +94,19 @@ impl Confirms {
         let (tx, mut rx) = mpsc::channel::<PublisherConfirm>(CONFIRM_WINDOW);
         let task = tokio::spawn(async move {
             let mut refused = 0;
+            // Set once a confirm is lost: the channel is gone, and its other confirms would be
+            // lost too. Waiting `BROKER_CALL` for each of them in turn (the window holds
+            // hundreds, and `publish` waits on the window) hung a matrix run for minutes.
+            let mut lost = false;
             while let Some(confirm) = rx.recv().await {
+                if lost {
+                    refused += 1;
+                    continue;
+                }
                 // Bounded: lapin can lose a confirm on a dying connection, and a benchmark
                 // that hangs says less than one that fails.
                 let answer = tokio::time::timeout(BROKER_CALL, confirm).await;
+                lost = answer.is_err();
                 if !matches!(answer, Ok(Ok(c)) if c.is_ack()) {
                     refused += 1;
                 }

@@ -74,7 +74,15 @@ pub async fn measure(
         let body: Arc<[u8]> = outcome_body().into();
         let events = settings.amqp.events_exchange.clone();
         let worker = tokio::spawn(async move {
-            while let Some(Ok(delivery)) = consumer.next().await {
+            while let Some(next) = consumer.next().await {
+                // Said, not swallowed: the run then stalls, and this says why.
+                let delivery = match next {
+                    Ok(delivery) => delivery,
+                    Err(e) => {
+                        eprintln!("the broker-only consumer stopped: {e}");
+                        break;
+                    }
+                };
                 let publisher = publisher.clone();
                 let body = body.clone();
                 let events = events.clone();
