@@ -75,7 +75,12 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
 
 /// `span`'s trace id (32 hex digits), when it has a trace.
 pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
-    with_span_context(span, |sc| hex::encode(sc.trace_id().to_bytes()))
+    with_span_context(span, trace_id_hex)
+}
+
+/// A span context's trace id as 32 lower-case hex digits.
+fn trace_id_hex(sc: &SpanContext) -> String {
+    hex::encode(sc.trace_id().to_bytes())
 }
 
 /// The `traceparent` and, when there is any, the `tracestate` of a valid span context.
@@ -86,7 +91,11 @@ fn header_values(sc: &SpanContext) -> (String, Option<String>) {
 
 /// `f` of `span`'s OpenTelemetry span context, when it is valid (the span has a trace).
 fn with_span_context<T>(span: &tracing::Span, f: impl FnOnce(&SpanContext) -> T) -> Option<T> {
-    let cx = span.context();
+    with_valid(&span.context(), f)
+}
+
+/// `f` of the span context of `cx`, when it is valid.
+fn with_valid<T>(cx: &Context, f: impl FnOnce(&SpanContext) -> T) -> Option<T> {
     let span = cx.span();
     let sc = span.span_context();
     sc.is_valid().then(|| f(sc))
@@ -114,10 +123,7 @@ fn traceparent_value(sc: &SpanContext) -> String {
 
 /// The trace id (32 hex digits) of a `traceparent` value, when it is well formed.
 pub fn trace_id(traceparent: &str) -> Option<String> {
-    let cx = from_traceparent(traceparent);
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid().then(|| sc.trace_id().to_string())
+    with_valid(&from_traceparent(traceparent), trace_id_hex)
 }
 
 struct AmqpHeaders<'a>(Option<&'a FieldTable>);
